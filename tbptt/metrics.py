@@ -1,0 +1,70 @@
+"""Per-run metric tables, written as Parquet with atomic replaces.
+
+A run appends rows in memory and ``flush()`` rewrites each table to a temporary file that is
+renamed over the old one, so a reader (or a crash) never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLES = ("steps", "evals")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_json(obj: dict[str, Any], path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+class MetricsLog:
+    """Tidy tables of one run: ``steps`` (one row per update) and ``evals`` (one per evaluation).
+
+    Args:
+        directory: where ``steps.parquet`` and ``evals.parquet`` are written.
+
+    Example:
+        >>> log = MetricsLog(run_dir); log.add("steps", tokens=320, loss=4.1); log.flush()
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+
+    def add(self, table: str, **row: Any) -> None:
+        self._rows[table].append(row)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        return self._rows[table]
+
+    def path(self, table: str) -> Path:
+        return self.directory / f"{table}.parquet"
+
+    def flush(self) -> None:
+        for name, rows in self._rows.items():
+            if rows:
+                write_parquet(pd.DataFrame(rows), self.path(name))
+
+    def restore(self, up_to_tokens: int) -> None:
+        """Reload tables written by an interrupted run, keeping rows up to its checkpoint."""
+        for name in TABLES:
+            if self.path(name).exists():
+                frame = pd.read_parquet(self.path(name))
+                kept = frame[frame["tokens"] <= up_to_tokens]
+                self._rows[name] = kept.to_dict("records")

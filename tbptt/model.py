@@ -1,0 +1,72 @@
+"""A character-level recurrent language model on the fused ``torch.nn`` RNN modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CELLS = {"rnn_tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+# LSTM state is a pair (h, c); RNN_TANH and GRU state is h alone. Each is (layers, B, H).
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class CharRNN(nn.Module):
+    """Embedding -> multi-layer RNN (rnn_tanh | gru | lstm) -> linear decoder over the vocabulary.
+
+    Args:
+        vocab_size: number of distinct characters.
+        cell: ``rnn_tanh``, ``gru`` or ``lstm``.
+        embed_size: embedding width.
+        hidden_size: recurrent state width H.
+        layers: stacked recurrent layers.
+        dropout: dropout on embeddings, between layers and before the decoder.
+
+    Example:
+        >>> model = CharRNN(vocab_size=65, cell="lstm", hidden_size=128, layers=2)
+        >>> logits, hidden = model(x, model.init_hidden(batch_size=32))  # x: (T, B)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        embed_size: int = 64,
+        hidden_size: int = 128,
+        layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"model.cell must be one of {sorted(CELLS)}, got {cell!r}")
+        self.cell, self.hidden_size, self.layers = cell, hidden_size, layers
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        kwargs = {"nonlinearity": "tanh"} if cell == "rnn_tanh" else {}
+        self.rnn = CELLS[cell](
+            embed_size, hidden_size, layers, dropout=dropout if layers > 1 else 0.0, **kwargs
+        )
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        weight = self.decoder.weight
+        h = weight.new_zeros(self.layers, batch_size, self.hidden_size)  # (L, B, H)
+        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+
+    def forward(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        emb = self.drop(self.embed(x))  # (T, B, E)
+        out, hidden = self.rnn(emb, hidden)  # (T, B, H); hidden (L, B, H)
+        logits = self.decoder(self.drop(out))  # (T, B, V)
+        return logits, hidden
+
+
+def detach(hidden: Hidden) -> Hidden:
+    """Cut the autograd graph at ``hidden``: the values flow on, the gradient stops here."""
+    if isinstance(hidden, tuple):
+        return (hidden[0].detach(), hidden[1].detach())
+    return hidden.detach()
+
+
+def hidden_norm(hidden: Hidden) -> float:
+    h = hidden[0] if isinstance(hidden, tuple) else hidden
+    return float(h.detach().norm())
