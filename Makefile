@@ -33,7 +33,7 @@ $(CORPUS): $(INSTALLED) tbptt/corpus.py
 
 data: $(CORPUS) ## Build the default Shakespeare corpus under data/
 
-test: install ## Run the fast test suite (the CI command)
+test: install lint ## Lint, type-check and run the fast test suite (the CI command)
 	$(BIN)/pytest -q
 
 test-all: install ## Run every test, the slow ones included

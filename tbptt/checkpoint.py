@@ -30,14 +30,16 @@ def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"{key}: refused to load {path}: {first}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise ConfigError(f"{key}: not a readable checkpoint (truncated?): {path}: {err}") from None
+        raise ConfigError(
+            f"{key}: not a readable checkpoint (truncated?): {path}: {err}"
+        ) from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise ConfigError(f"{key}: {path} is not a tbptt checkpoint")
     return payload
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

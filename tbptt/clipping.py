@@ -26,7 +26,7 @@ def _with_grads(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter
 
 
 def _norm(params: list[torch.nn.Parameter], norm_type: float = 2.0) -> float:
-    return float(get_total_norm([p.grad for p in params], norm_type))
+    return float(get_total_norm([p.grad for p in params if p.grad is not None], norm_type))
 
 
 class NoClip:

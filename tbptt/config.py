@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 from hydra.core.config_store import ConfigStore
 
 from tbptt.clipping import Clipper, NoClip, NormClip, ValueClip
@@ -204,7 +205,10 @@ class TrainerConfig:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"trainer.device must be auto, cpu or cuda, got {self.device!r}",
         )
-        check(self.threads is None or self.threads >= 1, f"trainer.threads must be >= 1, got {self.threads}")
+        check(
+            self.threads is None or self.threads >= 1,
+            f"trainer.threads must be >= 1, got {self.threads}",
+        )
 
 
 # Each data option's ``load_text()`` returns the corpus text and a name that error messages use.

@@ -146,4 +146,6 @@ def build_corpus(
             f"{source}: validation split has {len(val_ids)} characters (data.val_fraction="
             f"{val_fraction}), need at least data.eval_batch_size x 2 = {eval_batch_size * 2}"
         )
-    return Corpus(vocab, batchify(train_ids, batch_size), batchify(val_ids, eval_batch_size), source)
+    return Corpus(
+        vocab, batchify(train_ids, batch_size), batchify(val_ids, eval_batch_size), source
+    )

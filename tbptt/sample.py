@@ -53,7 +53,7 @@ def generate(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature:
 def parse(argv: list[str]) -> SampleConfig:
     # key=value pairs taken as raw strings (so prime="ROMEO:" stays text, not YAML), then typed
     # by the schema.
-    pairs = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in argv)
+    pairs = dict(arg.partition("=")[::2] for arg in argv)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(SampleConfig), pairs)
     except OmegaConfBaseException as err:

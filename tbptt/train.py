@@ -40,7 +40,7 @@ def typed(cfg: DictConfig) -> dict[str, Any]:
     """Every group as its schema dataclass; runs the value checks of tbptt/config.py."""
     typed_cfg = OmegaConf.to_object(cfg)
     assert isinstance(typed_cfg, dict)
-    return typed_cfg
+    return {str(key): value for key, value in typed_cfg.items()}
 
 
 def load_corpus(data: config.DataSource, schedule_window: int, eval_length: int) -> Corpus:
@@ -73,7 +73,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
         trainer_cfg.eval_length,
     )
     trainer = Trainer(
-        model, optimizer, clipper, schedule, corpus, budget, MetricsLog(run_dir),
+        model,
+        optimizer,
+        clipper,
+        schedule,
+        corpus,
+        budget,
+        MetricsLog(run_dir),
         checkpoint_path=run_dir / "checkpoint.pt" if trainer_cfg.checkpoint else None,
         on_eval=on_eval,
         meta={"vocab": corpus.vocab.chars, "model": model_kwargs},
@@ -91,7 +97,10 @@ def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = Non
         log.warning("stopped early: %s", result.stop_reason)
     log.info(
         "tokens=%d best_val_loss=%.4f final_val_loss=%.4f (%.1fs)",
-        result.tokens, result.best_val_loss, result.final_val_loss, result.wall_seconds,
+        result.tokens,
+        result.best_val_loss,
+        result.final_val_loss,
+        result.wall_seconds,
     )
     return result
 

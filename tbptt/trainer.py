@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tbptt import checkpoint
 from tbptt.clipping import Clipper
 from tbptt.data import Corpus
+from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog, write_json
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
@@ -140,8 +141,13 @@ class Trainer:
     def result(self) -> RunResult:
         s = self.state
         return RunResult(
-            s.stop_reason is None, s.stop_reason, s.tokens, s.updates,
-            s.best_val_loss, s.last_val_loss, s.elapsed,
+            s.stop_reason is None,
+            s.stop_reason,
+            s.tokens,
+            s.updates,
+            s.best_val_loss,
+            s.last_val_loss,
+            s.elapsed,
         )
 
     def _train(self, started: float) -> None:
@@ -186,9 +192,16 @@ class Trainer:
             self.optimizer.step()
         self._advance(window, x.numel())
         self.log.add(
-            "steps", tokens=self.state.tokens, update=self.state.updates, loss=loss_value,
-            grad_norm=clip.norm_before, grad_norm_clipped=clip.norm_after,
-            clipped=clip.clipped, lr=lr, k1=window.k1, k2=window.k2,
+            "steps",
+            tokens=self.state.tokens,
+            update=self.state.updates,
+            loss=loss_value,
+            grad_norm=clip.norm_before,
+            grad_norm_clipped=clip.norm_after,
+            clipped=clip.clipped,
+            lr=lr,
+            k1=window.k1,
+            k2=window.k2,
             hidden_norm=hidden_norm(self.hidden),
             elapsed_s=time.perf_counter() - started,
         )
@@ -210,7 +223,9 @@ class Trainer:
             n = min(self.budget.eval_length, rows - i)
             logits, hidden = self.model(val[i : i + n], hidden)  # (n, B_eval, V)
             target = val[i + 1 : i + n + 1]
-            total += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
+            total += float(
+                F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+            )
             count += target.numel()
         return total / count
 
@@ -222,7 +237,9 @@ class Trainer:
         s.last_val_loss = loss
         s.best_val_loss = min(s.best_val_loss, loss) if math.isfinite(loss) else s.best_val_loss
         s.elapsed = time.perf_counter() - started
-        self.log.add("evals", tokens=s.tokens, val_loss=loss, val_bpc=loss / LN2, elapsed_s=s.elapsed)
+        self.log.add(
+            "evals", tokens=s.tokens, val_loss=loss, val_bpc=loss / LN2, elapsed_s=s.elapsed
+        )
         self.log.flush()
         if self.checkpoint_path is not None:
             self.save(self.checkpoint_path)
@@ -248,13 +265,21 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint: metrics after resuming equal an uninterrupted run's."""
         payload = checkpoint.load(path, key="trainer.resume")
-        self.model.load_state_dict(payload["model"])
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+            raise ConfigError(
+                f"trainer.resume: {path} was written for another model shape ({first})"
+            ) from None
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.state = TrainState(**payload["state"])
         device = self.corpus.train.device
         hidden = payload["hidden"]
-        self.hidden = tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
+        self.hidden = (
+            tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
+        )
         checkpoint.set_rng_state(payload["rng"])
         self.log.restore(up_to_tokens=self.state.tokens)
 

@@ -16,7 +16,6 @@ CONF = ROOT / "conf"
 # The real conf/, shrunk: a tiny LSTM on the synthetic `count` corpus trains in well under 1 s.
 TINY = [
     "data=count",
-    "data.length=4000",
     "data.batch_size=4",
     "data.eval_batch_size=2",
     "model.embed_size=8",

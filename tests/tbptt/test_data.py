@@ -82,7 +82,11 @@ def test_unreadable_corpus_files_name_the_key_and_file(tmp_path, make_path, mess
 def test_corpus_too_small_for_batch_and_window():
     with pytest.raises(ConfigError, match=r"data.batch_size x \(window \+ 1\) = 8 x 33"):
         build_corpus(
-            "abcdefgh" * 30, source="s", val_fraction=0.1, batch_size=8, eval_batch_size=2,
+            "abcdefgh" * 30,
+            source="s",
+            val_fraction=0.1,
+            batch_size=8,
+            eval_batch_size=2,
             window=32,
         )
 
@@ -96,5 +100,6 @@ def test_validation_split_too_small():
 
 def test_single_character_vocabulary_is_rejected():
     with pytest.raises(ConfigError, match="vocabulary has 1 character"):
-        build_corpus("a" * 1000, source="s", val_fraction=0.1, batch_size=2, eval_batch_size=2,
-                     window=4)
+        build_corpus(
+            "a" * 1000, source="s", val_fraction=0.1, batch_size=2, eval_batch_size=2, window=4
+        )

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tbptt.model import detach
+from tbptt.train import build_trainer
+from tbptt.trainer import StopRun, scaled_lr
+
+
+def test_tiny_lstm_learns_the_count_corpus(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("optim.lr=0.02", "trainer.max_tokens=12000", "trainer.eval_every_tokens=4000")
+    result = build_trainer(cfg, tmp_path, []).fit()
+    assert result.completed and result.tokens >= 12000
+    assert result.final_val_loss < 0.05  # "1 2 3 " is deterministic: near-zero loss
+
+
+def test_state_is_carried_across_windows_but_detached(tiny_cfg, tmp_path):
+    trainer = build_trainer(tiny_cfg("model=gru"), tmp_path, [])
+    seen, forward = [], trainer.model.forward
+
+    def recording_forward(x, hidden):
+        seen.append(hidden)
+        out, new_hidden = forward(x, hidden)
+        seen.append(new_hidden)
+        return out, new_hidden
+
+    trainer.model.forward = recording_forward
+    for _ in range(3):
+        trainer._update(trainer.schedule.next(), started=0.0)
+    incoming, outgoing = seen[2::2], seen[1:-1:2]
+    for given, previous in zip(incoming, outgoing, strict=True):
+        assert given.grad_fn is None and given.is_leaf  # the graph was cut...
+        assert torch.equal(given, previous.detach())  # ...but the value carried over
+
+
+def test_gradients_equal_a_one_window_reference(tiny_cfg, tmp_path):
+    trainer = build_trainer(tiny_cfg("clip=none", "model.dropout=0.0"), tmp_path, [])
+    trainer._update(trainer.schedule.next(), started=0.0)
+    reference = copy.deepcopy(trainer.model)
+    start = detach(trainer.hidden)
+    i, k = trainer.state.position, trainer.schedule.next().k1
+    x, y = trainer.corpus.train[i : i + k], trainer.corpus.train[i + 1 : i + k + 1]
+    logits, _ = reference(x, start)
+    F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+    trainer._update(trainer.schedule.next(), started=0.0)
+    for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_one_optimizer_lives_for_the_whole_run(tiny_cfg, tmp_path):
+    trainer = build_trainer(tiny_cfg(), tmp_path, [])
+    optimizer = trainer.optimizer
+    trainer.fit()
+    assert trainer.optimizer is optimizer
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {trainer.state.updates}  # Adam's moments were never reset
+
+
+def test_metric_tables_and_result_are_written(tiny_cfg, tmp_path):
+    result = build_trainer(tiny_cfg("clip=norm", "clip.max_norm=0.01"), tmp_path, []).fit()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    evals = pd.read_parquet(tmp_path / "evals.parquet")
+    assert len(steps) == result.updates and steps["tokens"].is_monotonic_increasing
+    assert {"loss", "grad_norm", "grad_norm_clipped", "clipped", "lr", "elapsed_s"} <= set(steps)
+    assert steps["clipped"].all() and (steps["grad_norm_clipped"] <= 0.0101).all()
+    assert (steps["grad_norm"] > steps["grad_norm_clipped"]).all()
+    assert evals["tokens"].tolist() == [256, 512, 768, 1024]
+    assert evals["val_bpc"].tolist() == pytest.approx(
+        (evals["val_loss"] / 0.693147).tolist(), 1e-5
+    )
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["best_val_loss"] == pytest.approx(evals["val_loss"].min())
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_its_metrics(tiny_cfg, tmp_path):
+    trainer = build_trainer(tiny_cfg(), tmp_path, [])
+
+    def poison(tokens: int, loss: float) -> None:
+        trainer.model.decoder.bias.data.fill_(float("inf"))
+
+    trainer.on_eval = [poison]
+    result = trainer.fit()
+    assert not result.completed
+    assert result.stop_reason == "non-finite loss at token 256"
+    assert len(pd.read_parquet(tmp_path / "steps.parquet")) == result.updates == 8
+
+
+def test_a_callback_can_stop_the_run_with_a_reason(tiny_cfg, tmp_path):
+    def stop(tokens: int, loss: float) -> None:
+        raise StopRun(f"pruned at token {tokens}")
+
+    result = build_trainer(tiny_cfg(), tmp_path, [stop]).fit()
+    assert result.stop_reason == "pruned at token 256" and result.tokens == 256
+
+
+def test_scaled_lr_restores_the_learning_rate():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with scaled_lr(optimizer, 0.5) as lr:
+        assert lr == pytest.approx(0.05)
+    assert optimizer.param_groups[0]["lr"] == 0.1
