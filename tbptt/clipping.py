@@ -95,3 +95,52 @@ class ValueClip:
 
 
 Clipper = NoClip | NormClip | ValueClip
+
+
+@dataclass(frozen=True)
+class ErrorClipStats:
+    clipped: int  # elements of the backward signal that were clamped in this update
+    max_abs: float  # largest |error| seen, before clamping
+    mean_abs: float  # mean |error| over every hooked element, before clamping
+
+
+class ErrorClip:
+    """Clamps the backward error signal into ``[-threshold, threshold]`` (error clipping).
+
+    Unlike gradient clipping, which rescales parameter gradients after the backward pass, this
+    acts *during* it, on dL/d(output) of every recurrent layer and on dL/dh of the state carried
+    between chunks of a window, in the manner of PaddlePaddle's ``error_clipping_threshold``.
+    With fused RNN modules the clamp applies where the signal enters each layer's sequence, not
+    between time steps inside the fused kernel. ``stats()`` reports what it clamped since
+    ``reset()``, like Paddle's clipping log.
+
+    Args:
+        threshold: the clamp, > 0.
+
+    Example:
+        >>> clip = ErrorClip(1.0); model.output_hooks.append(clip.hook)
+        >>> loss.backward(); clip.stats().clipped
+    """
+
+    def __init__(self, threshold: float) -> None:
+        if not threshold > 0:
+            raise ValueError(f"clip.error_clip must be > 0, got {threshold}")
+        self._threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._clipped = 0
+        self._max = 0.0
+        self._sum = 0.0
+        self._count = 0
+
+    def hook(self, grad: torch.Tensor) -> torch.Tensor:
+        magnitude = grad.detach().abs()
+        self._clipped += int((magnitude > self._threshold).sum())
+        self._max = max(self._max, float(magnitude.max()))
+        self._sum += float(magnitude.sum())
+        self._count += magnitude.numel()
+        return grad.clamp(-self._threshold, self._threshold)
+
+    def stats(self) -> ErrorClipStats:
+        return ErrorClipStats(self._clipped, self._max, self._sum / max(self._count, 1))

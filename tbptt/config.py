@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
-from tbptt.clipping import Clipper, NoClip, NormClip, ValueClip
+from tbptt.clipping import Clipper, ErrorClip, NoClip, NormClip, ValueClip
 from tbptt.data import count_text, delayed_recall_text, read_text
 from tbptt.errors import ConfigError
 from tbptt.model import CELLS
-from tbptt.schedule import FixedSchedule, Schedule
+from tbptt.schedule import FixedSchedule, RandomSchedule, Schedule, UniformSchedule
 
 
 def check(ok: bool, message: str) -> None:
@@ -138,28 +138,107 @@ class RMSpropConfig(SGDConfig):
 
 
 @dataclass
-class FixedBPTTConfig:
-    length: int = 64  # k1 = k2: characters per window, and steps backpropagated
+class BPTTConfig:
+    length: int = 64  # the nominal window: k1 = k2 = length unless set otherwise
+    loss_window: str = "k1"  # k1: losses of the last k1 steps | last: the last step only
 
     def __post_init__(self) -> None:
         check(self.length >= 1, f"bptt.length must be >= 1, got {self.length}")
-
-    def build(self) -> Schedule:
-        return FixedSchedule(self.length)
+        check(
+            self.loss_window in ("k1", "last"),
+            f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}",
+        )
 
 
 @dataclass
-class NoClipConfig:
+class FixedBPTTConfig(BPTTConfig):
+    k1: int | None = None  # steps between updates (default: length)
+    k2: int | None = None  # steps backpropagated (default: k1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k1 = self.length if self.k1 is None else self.k1
+        k2 = k1 if self.k2 is None else self.k2
+        check(k1 >= 1, f"bptt.k1 must be >= 1, got {k1}")
+        check(k2 >= k1, f"bptt.k2 must be >= bptt.k1, got bptt.k2={k2} < bptt.k1={k1}")
+
+    def build(self, seed: int) -> Schedule:
+        return FixedSchedule(self.length if self.k1 is None else self.k1, self.k2)
+
+
+@dataclass
+class RandomBPTTConfig(BPTTConfig):
+    p: float = 0.95  # probability of the full base length (else length / 2)
+    sigma: float = 5.0
+    min_len: int = 5
+    max_len: int | None = None
+    overlap: int = 0  # k2 = k1 + overlap
+    scale_lr: bool = True  # multiply the update's lr by k1 / length
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.p <= 1, f"bptt.p must be in [0, 1], got {self.p}")
+        check(self.sigma >= 0, f"bptt.sigma must be >= 0, got {self.sigma}")
+        _check_lengths(self.min_len, self.max_len, self.overlap)
+
+    def build(self, seed: int) -> Schedule:
+        return RandomSchedule(
+            self.length, self.p, self.sigma, self.min_len, self.max_len, self.overlap,
+            self.scale_lr, seed,
+        )  # fmt: skip
+
+
+@dataclass
+class UniformBPTTConfig(BPTTConfig):
+    min_len: int = 16
+    max_len: int = 128
+    overlap: int = 0
+    scale_lr: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_lengths(self.min_len, self.max_len, self.overlap)
+
+    def build(self, seed: int) -> Schedule:
+        return UniformSchedule(self.min_len, self.max_len, self.overlap, self.scale_lr, seed)
+
+
+def _check_lengths(min_len: int, max_len: int | None, overlap: int) -> None:
+    check(min_len >= 1, f"bptt.min_len must be >= 1, got {min_len}")
+    check(
+        max_len is None or max_len >= min_len,
+        f"bptt.max_len must be >= bptt.min_len, got {max_len} < {min_len}",
+    )
+    check(overlap >= 0, f"bptt.overlap must be >= 0, got {overlap}")
+
+
+@dataclass
+class ClipConfig:
+    error_clip: float | None = None  # clamp the backward error signal (null: off)
+
+    def __post_init__(self) -> None:
+        check(
+            self.error_clip is None or self.error_clip > 0,
+            f"clip.error_clip must be > 0 or null, got {self.error_clip}",
+        )
+
+    def build_error_clip(self) -> ErrorClip | None:
+        return None if self.error_clip is None else ErrorClip(self.error_clip)
+
+
+@dataclass
+class NoClipConfig(ClipConfig):
     def build(self) -> Clipper:
         return NoClip()
 
 
 @dataclass
-class NormClipConfig:
+class NormClipConfig(ClipConfig):
     max_norm: float = 1.0
     norm_type: float = 2.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.max_norm > 0, f"clip.max_norm must be > 0, got {self.max_norm}")
         check(
             self.norm_type >= 1 or math.isinf(self.norm_type),
@@ -171,10 +250,11 @@ class NormClipConfig:
 
 
 @dataclass
-class ValueClipConfig:
+class ValueClipConfig(ClipConfig):
     clip_value: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.clip_value > 0, f"clip.clip_value must be > 0, got {self.clip_value}")
 
     def build(self) -> Clipper:
@@ -190,6 +270,9 @@ class TrainerConfig:
     objective: str = "best"  # best | final validation loss is the run's return value
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
+    divergence_factor: float | None = 3.0  # stop when the loss exceeds this x its best (null: off)
+    divergence_warmup_tokens: int = 50_000
+    grad_flow: bool = True  # measure ||dL_t/dh_{t-j}|| at every evaluation (grad_flow.parquet)
     checkpoint: bool = True  # write checkpoint.pt at every evaluation
     resume: bool = False  # continue from checkpoint.pt in the run directory
 
@@ -213,8 +296,6 @@ class TrainerConfig:
 
 # Each data option's ``load_text()`` returns the corpus text and a name that error messages use.
 DataSource = FileDataConfig | CountDataConfig | DelayedRecallDataConfig
-BPTTConfig = FixedBPTTConfig
-ClipConfig = NoClipConfig | NormClipConfig | ValueClipConfig
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -229,7 +310,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "sgd_schema": SGDConfig,
         "rmsprop_schema": RMSpropConfig,
     },
-    "bptt": {"fixed_schema": FixedBPTTConfig},
+    "bptt": {
+        "fixed_schema": FixedBPTTConfig,
+        "random_schema": RandomBPTTConfig,
+        "uniform_schema": UniformBPTTConfig,
+    },
     "clip": {
         "none_schema": NoClipConfig,
         "norm_schema": NormClipConfig,

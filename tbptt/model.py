@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -42,11 +44,15 @@ class CharRNN(nn.Module):
         self.cell, self.hidden_size, self.layers = cell, hidden_size, layers
         self.embed = nn.Embedding(vocab_size, embed_size)
         kwargs = {"nonlinearity": "tanh"} if cell == "rnn_tanh" else {}
-        self.rnn = CELLS[cell](
-            embed_size, hidden_size, layers, dropout=dropout if layers > 1 else 0.0, **kwargs
+        # One fused single-layer module per layer (not one multi-layer module), so that each
+        # layer's output sequence is a tensor that error clipping and diagnostics can hook.
+        self.rnns = nn.ModuleList(
+            CELLS[cell](embed_size if i == 0 else hidden_size, hidden_size, 1, **kwargs)
+            for i in range(layers)
         )
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.output_hooks: list[Callable[[torch.Tensor], torch.Tensor | None]] = []
 
     def init_hidden(self, batch_size: int) -> Hidden:
         weight = self.decoder.weight
@@ -54,10 +60,29 @@ class CharRNN(nn.Module):
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
     def forward(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        emb = self.drop(self.embed(x))  # (T, B, E)
-        out, hidden = self.rnn(emb, hidden)  # (T, B, H); hidden (L, B, H)
-        logits = self.decoder(self.drop(out))  # (T, B, V)
-        return logits, hidden
+        out = self.drop(self.embed(x))  # (T, B, E)
+        states = []
+        for i, rnn in enumerate(self.rnns):
+            out, state = rnn(out, layer_state(hidden, i))  # (T, B, H); state (1, B, H)
+            if out.requires_grad:
+                for hook in self.output_hooks:
+                    out.register_hook(hook)
+            states.append(state)
+            out = self.drop(out)
+        logits = self.decoder(out)  # (T, B, V)
+        return logits, stack_states(states)
+
+
+def layer_state(hidden: Hidden, i: int) -> Hidden:
+    if isinstance(hidden, tuple):
+        return (hidden[0][i : i + 1], hidden[1][i : i + 1])
+    return hidden[i : i + 1]
+
+
+def stack_states(states: list) -> Hidden:
+    if isinstance(states[0], tuple):
+        return (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
+    return torch.cat(states)
 
 
 def detach(hidden: Hidden) -> Hidden:

@@ -57,7 +57,7 @@ def load_corpus(data: config.DataSource, schedule_window: int, eval_length: int)
 
 def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -> Trainer:
     c = typed(cfg)
-    schedule, clipper, trainer_cfg = c["bptt"].build(), c["clip"].build(), c["trainer"]
+    schedule, clipper, trainer_cfg = c["bptt"].build(c["seed"]), c["clip"].build(), c["trainer"]
     device = resolve_device(trainer_cfg.device)
     corpus = load_corpus(c["data"], schedule.max_k2, trainer_cfg.eval_length).to(device)
     if trainer_cfg.threads is not None:

@@ -1,17 +1,25 @@
-"""Truncated backpropagation through time (TBPTT) for a character language model.
+"""Truncated backpropagation through time, TBPTT(k1, k2), for a character language model.
 
-Each update reads the next window of k1 characters from every stream, starting from the hidden
-state the previous window ended in, and backpropagates the window's loss::
+Semantics (Williams & Peng's BPTT(h; h'), Sutskever's thesis 2.8.6). The streams are consumed
+in order; every k1 steps an update is made from the losses of the last k1 steps, backpropagated
+through at most the last k2 steps: the graph is cut at the hidden state h_{t-k2}::
 
-    stream:  ... | x_{t-k1+1} ... x_t | x_{t+1} ... x_{t+k1} | ...
-                   window n             window n+1
-                   h_{t-k1} -> h_t  ==detach==> h_t -> h_{t+k1}
-                   <--- backprop --->          <--- backprop --->
+    position:   t-k2            t-k1                t
+                 |               |                  |
+    forward:     h_{t-k2} -----> ... -------------> h_t      (current weights, fused calls)
+    losses:                      [ L_{t-k1+1} .. L_t ]       (loss_window=k1; `last`: L_t only)
+    backward:    <================================== |       (stops at h_{t-k2}: detached)
 
-The forward pass carries context indefinitely (h_t flows from window to window), but the
-gradient stops at the window boundary: ``detach()`` keeps the value of h_t and cuts the
-autograd graph behind it. Without it, the graph (and memory) would grow with the whole stream
-and every backward pass would run through all earlier windows again.
+With k1 = k2 (``bptt.length``) each update is one fused call over its own window, starting from
+the state the previous window ended in. With k2 > k1 the k2 - k1 steps before the new ones are
+*recomputed* with the current weights from the stored state h_{t-k2}: a few fused calls over
+chunks, never a per-time-step Python loop, and memory grows with k2, never with the stream.
+
+Stored states: a state is kept (detached) wherever a later update's span will start. The
+schedule is read ahead far enough to know those positions, so randomized window lengths work
+too. The forward pass carries context indefinitely (states flow from update to update), but
+``detach()`` keeps a state's value and cuts the autograd graph behind it: without it, the graph
+and memory would grow with the whole stream and every backward pass would rerun all history.
 
 The optimizer is created once, outside this module, and lives for the whole run: re-creating
 Adam per window would reset its moment estimates and silently stall training.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,14 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from tbptt import checkpoint
-from tbptt.clipping import Clipper
+from tbptt.clipping import Clipper, ErrorClip
 from tbptt.data import Corpus
+from tbptt.diagnostics import decay_factor, gradient_flow, layer_grad_norms
 from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog, write_json
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
 
 LN2 = math.log(2.0)
+EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
 
 
 class StopRun(Exception):
@@ -57,17 +68,28 @@ class Budget:
     eval_length: int  # window length used to walk the validation streams
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Stop when the smoothed training loss (or a validation loss) exceeds ``factor`` x the
+    best seen, once ``warmup_tokens`` have been trained. ``factor=None`` disables it."""
+
+    factor: float | None = None
+    warmup_tokens: int = 0
+
+
 @dataclass
 class TrainState:
     """Everything besides tensors that a resumed run needs to continue exactly."""
 
     tokens: int = 0
     updates: int = 0
-    position: int = 0  # row of the training stream where the next window starts
+    position: int = 0  # row of the training stream where the next window's new steps start
     evals: int = 0
     last_eval_tokens: int = 0
     best_val_loss: float = math.inf
     last_val_loss: float = math.inf
+    loss_ema: float = math.nan
+    best_loss_ema: float = math.inf
     elapsed: float = 0.0
     stop_reason: str | None = None
 
@@ -91,7 +113,7 @@ EvalCallback = Callable[[int, float], None]  # (tokens, val_loss); raise StopRun
 
 @dataclass
 class Trainer:
-    """Trains ``model`` on ``corpus`` with TBPTT windows drawn from ``schedule``.
+    """Trains ``model`` on ``corpus`` with TBPTT(k1, k2) windows drawn from ``schedule``.
 
     Args:
         model: the language model; its parameters are what ``optimizer`` updates.
@@ -101,12 +123,16 @@ class Trainer:
         corpus: batched train/val streams, already on the model's device.
         budget: token budget and evaluation cadence.
         log: metric tables of this run.
+        loss_window: ``k1`` (losses of the last k1 steps) or ``last`` (the last step only).
+        error_clip: clamps the backward error signal (None: off).
+        divergence: when to stop a run whose loss climbs.
+        grad_flow: measure the gradient flow through time at every evaluation.
         checkpoint_path: where to write a checkpoint at every evaluation (None: never).
         on_eval: called after each evaluation with (tokens, val_loss).
         meta: extra plain data stored in checkpoints (vocabulary, model shape).
 
     Example:
-        >>> Trainer(model, Adam(model.parameters()), NoClip(), FixedSchedule(35), corpus,
+        >>> Trainer(model, Adam(model.parameters()), NoClip(), FixedSchedule(10, 40), corpus,
         ...         budget, MetricsLog(run_dir)).fit().best_val_loss
     """
 
@@ -117,13 +143,31 @@ class Trainer:
     corpus: Corpus
     budget: Budget
     log: MetricsLog
+    loss_window: str = "k1"
+    error_clip: ErrorClip | None = None
+    divergence: Divergence = Divergence()
+    grad_flow: bool = False
     checkpoint_path: Path | None = None
     on_eval: Sequence[EvalCallback] = ()
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.loss_window not in ("k1", "last"):
+            raise ValueError(f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}")
         self.state = TrainState()
-        self.hidden: Hidden = self.model.init_hidden(self.corpus.train.size(1))
+        self._ahead: deque[Window] = deque()  # windows drawn from the schedule, not yet used
+        self._reset_states()
+        if self.error_clip is not None:
+            self.model.output_hooks.append(self.error_clip.hook)
+
+    @property
+    def hidden(self) -> Hidden:
+        """The (detached) state at the current position: where the next new steps start."""
+        return self._states[self.state.position]
+
+    def _reset_states(self) -> None:
+        # position -> detached state after consuming the positions before it
+        self._states: dict[int, Hidden] = {0: self.model.init_hidden(self.corpus.train.size(1))}
 
     def fit(self) -> RunResult:
         started = time.perf_counter() - self.state.elapsed
@@ -141,18 +185,13 @@ class Trainer:
     def result(self) -> RunResult:
         s = self.state
         return RunResult(
-            s.stop_reason is None,
-            s.stop_reason,
-            s.tokens,
-            s.updates,
-            s.best_val_loss,
-            s.last_val_loss,
-            s.elapsed,
-        )
+            s.stop_reason is None, s.stop_reason, s.tokens, s.updates,
+            s.best_val_loss, s.last_val_loss, s.elapsed,
+        )  # fmt: skip
 
     def _train(self, started: float) -> None:
         while self.state.tokens < self.budget.max_tokens:
-            self._update(self.schedule.next(), started)
+            self.update(started)
             if self._eval_due():
                 self._evaluate(started)
         if self.state.evals == 0 or self.state.last_eval_tokens != self.state.tokens:
@@ -162,54 +201,121 @@ class Trainer:
         every = self.budget.eval_every_tokens
         return self.state.tokens // every > self.state.last_eval_tokens // every
 
-    def _next_window(self, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # -- one update -------------------------------------------------------------------------
+
+    def _take_window(self) -> Window:
+        return self._ahead.popleft() if self._ahead else self.schedule.next()
+
+    def _peek(self, j: int) -> Window:
+        while len(self._ahead) <= j:
+            self._ahead.append(self.schedule.next())
+        return self._ahead[j]
+
+    def _future_cuts(self, start: int, end: int) -> set[int]:
+        """Positions in [start, end) where a later update's span will start (its h_{t-k2})."""
+        cuts, e, j = set(), end, 0
+        # A later span starts at e_prev - (k2 - k1) >= e_prev - max_overlap, so once that bound
+        # passes `end`, no later window reaches back into this one.
+        while e - self.schedule.max_overlap < end:
+            w = self._peek(j)
+            a = e + w.k1 - w.k2
+            if start <= a < end:
+                cuts.add(a)
+            e, j = e + w.k1, j + 1
+        return cuts
+
+    def _forward(self, start: int, new: int, end: int) -> torch.Tensor:
+        """Run positions [start, end) in fused chunks; keep states where later spans start."""
         stream = self.corpus.train  # (T, B)
-        if self.state.position + k1 + 1 > stream.size(0):
+        hidden = self._states[start]
+        bounds = [start, *sorted(c for c in self._future_cuts(new, end) if c > start), end]
+        chunks = []
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            if lo > start and self.error_clip is not None:
+                for tensor in hidden if isinstance(hidden, tuple) else (hidden,):
+                    tensor.register_hook(self.error_clip.hook)
+            logits, hidden = self.model(stream[lo:hi], hidden)  # (hi - lo, B, V)
+            # Stored detached: the value seeds a later span, whose backward must stop there.
+            self._states[hi] = detach(hidden)
+            chunks.append(logits)
+        return torch.cat(chunks)  # (end - start, B, V)
+
+    def _loss(self, logits: torch.Tensor, end: int, k1: int) -> torch.Tensor:
+        stream = self.corpus.train
+        if self.loss_window == "last":
+            return F.cross_entropy(logits[-1], stream[end])
+        return F.cross_entropy(
+            logits[-k1:].flatten(0, 1), stream[end - k1 + 1 : end + 1].flatten()
+        )
+
+    def update(self, started: float | None = None) -> None:
+        """One TBPTT update: k1 new steps, gradient through the last k2 (see the module doc)."""
+        window = self._take_window()
+        if self.state.position + window.k1 + 1 > self.corpus.train.size(0):
             # End of the streams: start the next pass from the top with a fresh state, since
             # the state at the end of a stream says nothing about its beginning.
             self.state.position = 0
-            self.hidden = self.model.init_hidden(stream.size(1))
-        i = self.state.position
-        return stream[i : i + k1], stream[i + 1 : i + k1 + 1]  # (k1, B) inputs and targets
-
-    def _update(self, window: Window, started: float) -> None:
-        x, y = self._next_window(window.k1)
+            self._reset_states()
+        new = self.state.position
+        end = new + window.k1
+        start = max(0, end - window.k2)
         self.model.train()
-        # Cut the graph at the window boundary: the state's value carries over, its history
-        # does not, so backprop stops here (k2 = k1 steps back) and memory stays flat.
-        self.hidden = detach(self.hidden)
-        logits, self.hidden = self.model(x, self.hidden)  # (k1, B, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        if self.error_clip is not None:
+            self.error_clip.reset()
+        logits = self._forward(start, new, end)
+        loss = self._loss(logits, end, window.k1)
+        self._step(loss, window, started)
+        self._forget_before(end - self.schedule.max_overlap)
+
+    def _step(self, loss: torch.Tensor, window: Window, started: float | None) -> None:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise StopRun(f"non-finite loss at token {self.state.tokens}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        layers = layer_grad_norms(self.model)
         clip = self.clipper(self.model.parameters())
         if not math.isfinite(clip.norm_before):
             raise StopRun(f"non-finite gradient norm at token {self.state.tokens}")
         with scaled_lr(self.optimizer, window.lr_scale) as lr:
             self.optimizer.step()
-        self._advance(window, x.numel())
-        self.log.add(
-            "steps",
-            tokens=self.state.tokens,
-            update=self.state.updates,
-            loss=loss_value,
-            grad_norm=clip.norm_before,
-            grad_norm_clipped=clip.norm_after,
-            clipped=clip.clipped,
-            lr=lr,
-            k1=window.k1,
-            k2=window.k2,
-            hidden_norm=hidden_norm(self.hidden),
-            elapsed_s=time.perf_counter() - started,
-        )
-
-    def _advance(self, window: Window, tokens: int) -> None:
         self.state.position += window.k1
-        self.state.tokens += tokens
+        self.state.tokens += window.k1 * self.corpus.train.size(1)
         self.state.updates += 1
+        row: dict[str, Any] = dict(
+            tokens=self.state.tokens, update=self.state.updates, loss=loss_value,
+            grad_norm=clip.norm_before, grad_norm_clipped=clip.norm_after, clipped=clip.clipped,
+            lr=lr, k1=window.k1, k2=window.k2, hidden_norm=hidden_norm(self.hidden),
+        )  # fmt: skip
+        row.update({f"grad_norm_{name}": norm for name, norm in layers.items()})
+        if self.error_clip is not None:
+            stats = self.error_clip.stats()
+            row.update(
+                error_clipped=stats.clipped, error_max=stats.max_abs, error_mean=stats.mean_abs
+            )
+        row["elapsed_s"] = time.perf_counter() - started if started is not None else math.nan
+        self.log.add("steps", **row)
+        self._watch_divergence(loss_value)
+
+    def _forget_before(self, position: int) -> None:
+        for pos in [p for p in self._states if p < position]:
+            del self._states[pos]
+
+    def _watch_divergence(self, loss: float) -> None:
+        s, d = self.state, self.divergence
+        s.loss_ema = (
+            loss if math.isnan(s.loss_ema) else s.loss_ema + EMA_ALPHA * (loss - s.loss_ema)
+        )
+        s.best_loss_ema = min(s.best_loss_ema, s.loss_ema)
+        if d.factor is None or s.tokens < d.warmup_tokens:
+            return
+        if s.loss_ema > d.factor * s.best_loss_ema:
+            raise StopRun(
+                f"diverged at token {s.tokens}: training loss {s.loss_ema:.3f} > "
+                f"{d.factor} x best {s.best_loss_ema:.3f}"
+            )
+
+    # -- evaluation ---------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -229,24 +335,56 @@ class Trainer:
             count += target.numel()
         return total / count
 
+    def measure_flow(self) -> list[float]:
+        """||dL_t / dh_{t-j}||, j = 0..k2, on the first validation window after a warm-up."""
+        self.model.eval()
+        val = self.corpus.val
+        lags = min(self.schedule.nominal.k2, val.size(0) - 2)
+        warm = min(self.budget.eval_length, val.size(0) - lags - 2)
+        with torch.no_grad():
+            _, hidden = self.model(val[:warm], self.model.init_hidden(val.size(1)))
+        x = val[warm : warm + lags + 1]
+        return gradient_flow(self.model, x, val[warm + 1 : warm + lags + 2], hidden)
+
+    def _record_flow(self) -> float:
+        if not self.grad_flow:
+            return math.nan
+        norms = self.measure_flow()
+        factor = decay_factor(norms)
+        for lag, norm in enumerate(norms):
+            self.log.add(
+                "grad_flow", tokens=self.state.tokens, lag=lag, grad_norm=norm,
+                decay_factor=factor,
+            )  # fmt: skip
+        return factor
+
     def _evaluate(self, started: float) -> None:
         loss = self.evaluate()
+        factor = self._record_flow()
         s = self.state
         s.evals += 1
         s.last_eval_tokens = s.tokens
         s.last_val_loss = loss
+        diverged = math.isfinite(s.best_val_loss) and self.divergence.factor is not None
+        diverged = diverged and s.tokens >= self.divergence.warmup_tokens
+        diverged = diverged and loss > self.divergence.factor * s.best_val_loss  # type: ignore[operator]
         s.best_val_loss = min(s.best_val_loss, loss) if math.isfinite(loss) else s.best_val_loss
         s.elapsed = time.perf_counter() - started
         self.log.add(
-            "evals", tokens=s.tokens, val_loss=loss, val_bpc=loss / LN2, elapsed_s=s.elapsed
-        )
+            "evals", tokens=s.tokens, val_loss=loss, val_bpc=loss / LN2, decay_factor=factor,
+            elapsed_s=s.elapsed,
+        )  # fmt: skip
         self.log.flush()
         if self.checkpoint_path is not None:
             self.save(self.checkpoint_path)
         if not math.isfinite(loss):
             raise StopRun(f"non-finite validation loss at token {s.tokens}")
+        if diverged:
+            raise StopRun(f"diverged at token {s.tokens}: validation loss {loss:.3f}")
         for callback in self.on_eval:
             callback(s.tokens, loss)
+
+    # -- checkpoints --------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
         checkpoint.save(
@@ -254,8 +392,9 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
+                "ahead": [(w.k1, w.k2, w.lr_scale) for w in self._ahead],
                 "state": asdict(self.state),
-                "hidden": detach(self.hidden),
+                "states": self._states,
                 "rng": checkpoint.rng_state(),
                 "meta": self.meta,
             },
@@ -274,14 +413,18 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
+        self._ahead = deque(Window(*w) for w in payload["ahead"])
         self.state = TrainState(**payload["state"])
         device = self.corpus.train.device
-        hidden = payload["hidden"]
-        self.hidden = (
-            tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
-        )
+        self._states = {pos: _to(h, device) for pos, h in payload["states"].items()}
         checkpoint.set_rng_state(payload["rng"])
         self.log.restore(up_to_tokens=self.state.tokens)
+
+
+def _to(hidden: Hidden, device: torch.device) -> Hidden:
+    if isinstance(hidden, tuple):
+        return (hidden[0].to(device), hidden[1].to(device))
+    return hidden.to(device)
 
 
 @contextmanager

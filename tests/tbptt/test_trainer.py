@@ -32,7 +32,7 @@ def test_state_is_carried_across_windows_but_detached(tiny_cfg, tmp_path):
 
     trainer.model.forward = recording_forward
     for _ in range(3):
-        trainer._update(trainer.schedule.next(), started=0.0)
+        trainer.update(started=0.0)
     incoming, outgoing = seen[2::2], seen[1:-1:2]
     for given, previous in zip(incoming, outgoing, strict=True):
         assert given.grad_fn is None and given.is_leaf  # the graph was cut...
@@ -41,14 +41,14 @@ def test_state_is_carried_across_windows_but_detached(tiny_cfg, tmp_path):
 
 def test_gradients_equal_a_one_window_reference(tiny_cfg, tmp_path):
     trainer = build_trainer(tiny_cfg("clip=none", "model.dropout=0.0"), tmp_path, [])
-    trainer._update(trainer.schedule.next(), started=0.0)
+    trainer.update(started=0.0)
     reference = copy.deepcopy(trainer.model)
     start = detach(trainer.hidden)
     i, k = trainer.state.position, trainer.schedule.next().k1
     x, y = trainer.corpus.train[i : i + k], trainer.corpus.train[i + 1 : i + k + 1]
     logits, _ = reference(x, start)
     F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
-    trainer._update(trainer.schedule.next(), started=0.0)
+    trainer.update(started=0.0)
     for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
