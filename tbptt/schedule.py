@@ -144,7 +144,7 @@ class RandomSchedule(_RandomLengths):
 
     @property
     def max_k2(self) -> int:
-        # Without max_len the Normal tail is unbounded; 6 sigma above L is where it ends in practice.
+        # Without max_len the Normal tail is unbounded: 6 sigma above L bounds it in practice.
         cap = self._max if self._max is not None else int(self._length + 6 * self._sigma) + 1
         return max(cap, self._min) + self._overlap
 
