@@ -134,7 +134,9 @@ class ErrorClip:
         self._sum = 0.0
         self._count = 0
 
-    def hook(self, grad: torch.Tensor) -> torch.Tensor:
+    def hook(self, grad: torch.Tensor | None) -> torch.Tensor | None:
+        if grad is None:  # a state whose gradient is undefined (it reached no loss)
+            return None
         magnitude = grad.detach().abs()
         self._clipped += int((magnitude > self._threshold).sum())
         self._max = max(self._max, float(magnitude.max()))

@@ -289,6 +289,10 @@ class TrainerConfig:
             f"trainer.device must be auto, cpu or cuda, got {self.device!r}",
         )
         check(
+            self.divergence_factor is None or self.divergence_factor > 1,
+            f"trainer.divergence_factor must be > 1 or null, got {self.divergence_factor}",
+        )
+        check(
             self.threads is None or self.threads >= 1,
             f"trainer.threads must be >= 1, got {self.threads}",
         )

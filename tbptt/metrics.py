@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-TABLES = ("steps", "evals")
+TABLES = ("steps", "evals", "grad_flow")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ from tbptt.data import Corpus, build_corpus
 from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
-from tbptt.trainer import Budget, EvalCallback, RunResult, Trainer
+from tbptt.trainer import Budget, Divergence, EvalCallback, RunResult, Trainer
 
 log = logging.getLogger(__name__)
 config.register()
@@ -43,7 +43,7 @@ def typed(cfg: DictConfig) -> dict[str, Any]:
     return {str(key): value for key, value in typed_cfg.items()}
 
 
-def load_corpus(data: config.DataSource, schedule_window: int, eval_length: int) -> Corpus:
+def load_corpus(data: config.DataSource, window: int) -> Corpus:
     text, source = data.load_text()
     return build_corpus(
         text,
@@ -51,40 +51,43 @@ def load_corpus(data: config.DataSource, schedule_window: int, eval_length: int)
         val_fraction=data.val_fraction,
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
-        window=schedule_window,
+        window=window,
     )
+
+
+def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> CharRNN:
+    torch.manual_seed(seed)  # the initial weights depend on the seed alone
+    return CharRNN(vocab_size, **vars(model_cfg))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -> Trainer:
+    """Validate ``cfg`` (every check runs before any data is read or compute spent), then
+    build the objects the trainer takes."""
     c = typed(cfg)
-    schedule, clipper, trainer_cfg = c["bptt"].build(c["seed"]), c["clip"].build(), c["trainer"]
-    device = resolve_device(trainer_cfg.device)
-    corpus = load_corpus(c["data"], schedule.max_k2, trainer_cfg.eval_length).to(device)
-    if trainer_cfg.threads is not None:
-        torch.set_num_threads(trainer_cfg.threads)
-    torch.manual_seed(c["seed"])
-    model_kwargs = {k: getattr(c["model"], k) for k in c["model"].__dataclass_fields__}
-    model = CharRNN(len(corpus.vocab), **model_kwargs).to(device)
-    optimizer = instantiate(cfg.optim, _convert_="all")(model.parameters())
-    budget = Budget(
-        trainer_cfg.max_tokens,
-        trainer_cfg.eval_every_tokens,
-        trainer_cfg.eval_max_tokens,
-        trainer_cfg.eval_length,
-    )
+    bptt, clip, tc = c["bptt"], c["clip"], c["trainer"]
+    schedule = bptt.build(c["seed"])
+    device = resolve_device(tc.device)
+    corpus = load_corpus(c["data"], schedule.max_k2).to(device)
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
+    model = build_model(c["model"], len(corpus.vocab), c["seed"]).to(device)
     trainer = Trainer(
         model,
-        optimizer,
-        clipper,
+        instantiate(cfg.optim, _convert_="all")(model.parameters()),
+        clip.build(),
         schedule,
         corpus,
-        budget,
+        Budget(tc.max_tokens, tc.eval_every_tokens, tc.eval_max_tokens, tc.eval_length),
         MetricsLog(run_dir),
-        checkpoint_path=run_dir / "checkpoint.pt" if trainer_cfg.checkpoint else None,
+        loss_window=bptt.loss_window,
+        error_clip=clip.build_error_clip(),
+        divergence=Divergence(tc.divergence_factor, tc.divergence_warmup_tokens),
+        grad_flow=tc.grad_flow,
+        checkpoint_path=run_dir / "checkpoint.pt" if tc.checkpoint else None,
         on_eval=on_eval,
-        meta={"vocab": corpus.vocab.chars, "model": model_kwargs},
+        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"])},
     )
-    if trainer_cfg.resume:
+    if tc.resume:
         trainer.resume(run_dir / "checkpoint.pt")
     return trainer
 

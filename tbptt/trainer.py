@@ -211,24 +211,23 @@ class Trainer:
             self._ahead.append(self.schedule.next())
         return self._ahead[j]
 
-    def _future_cuts(self, start: int, end: int) -> set[int]:
-        """Positions in [start, end) where a later update's span will start (its h_{t-k2})."""
-        cuts, e, j = set(), end, 0
+    def _future_starts(self, end: int) -> set[int]:
+        """Positions before ``end`` where a later update's span will start (its h_{t-k2})."""
+        starts, e, j = set(), end, 0
         # A later span starts at e_prev - (k2 - k1) >= e_prev - max_overlap, so once that bound
-        # passes `end`, no later window reaches back into this one.
+        # passes `end`, no later window reaches back before it.
         while e - self.schedule.max_overlap < end:
             w = self._peek(j)
-            a = e + w.k1 - w.k2
-            if start <= a < end:
-                cuts.add(a)
+            starts.add(max(0, e + w.k1 - w.k2))  # spans are cut at the top of the stream
             e, j = e + w.k1, j + 1
-        return cuts
+        return {a for a in starts if a < end}
 
     def _forward(self, start: int, new: int, end: int) -> torch.Tensor:
         """Run positions [start, end) in fused chunks; keep states where later spans start."""
         stream = self.corpus.train  # (T, B)
         hidden = self._states[start]
-        bounds = [start, *sorted(c for c in self._future_cuts(new, end) if c > start), end]
+        cuts = {a for a in self._future_starts(end) if a >= new and a > start}
+        bounds = [start, *sorted(cuts), end]
         chunks = []
         for lo, hi in zip(bounds, bounds[1:], strict=False):
             if lo > start and self.error_clip is not None:
@@ -265,7 +264,7 @@ class Trainer:
         logits = self._forward(start, new, end)
         loss = self._loss(logits, end, window.k1)
         self._step(loss, window, started)
-        self._forget_before(end - self.schedule.max_overlap)
+        self._forget_unneeded(end)
 
     def _step(self, loss: torch.Tensor, window: Window, started: float | None) -> None:
         loss_value = float(loss.detach())
@@ -297,8 +296,9 @@ class Trainer:
         self.log.add("steps", **row)
         self._watch_divergence(loss_value)
 
-    def _forget_before(self, position: int) -> None:
-        for pos in [p for p in self._states if p < position]:
+    def _forget_unneeded(self, end: int) -> None:
+        keep = self._future_starts(end) | {end}
+        for pos in [p for p in self._states if p not in keep]:
             del self._states[pos]
 
     def _watch_divergence(self, loss: float) -> None:

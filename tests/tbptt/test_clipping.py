@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tbptt.clipping import NoClip, NormClip, ValueClip
+from tbptt.clipping import ErrorClip, NoClip, NormClip, ValueClip
 
 
 def params_with_grads(*grads: list[float]) -> list[torch.nn.Parameter]:
@@ -70,3 +70,18 @@ def test_no_clip_measures_but_never_changes():
 def test_bad_thresholds_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_error_clip_clamps_at_the_threshold_and_counts():
+    clip = ErrorClip(threshold=1.0)
+    out = clip.hook(torch.tensor([0.5, -3.0, 2.0, 1.0]))
+    assert out.tolist() == [0.5, -1.0, 1.0, 1.0]
+    stats = clip.stats()
+    assert (stats.clipped, stats.max_abs, stats.mean_abs) == (2, 3.0, pytest.approx(6.5 / 4))
+    clip.reset()
+    assert clip.stats().clipped == 0
+
+
+def test_error_clip_rejects_a_non_positive_threshold():
+    with pytest.raises(ValueError, match="clip.error_clip must be > 0, got 0"):
+        ErrorClip(0)

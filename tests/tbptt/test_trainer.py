@@ -104,3 +104,52 @@ def test_scaled_lr_restores_the_learning_rate():
     with scaled_lr(optimizer, 0.5) as lr:
         assert lr == pytest.approx(0.05)
     assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_random_schedule_records_lengths_and_restores_the_learning_rate(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(
+        "bptt=random", "bptt.length=12", "bptt.sigma=3", "bptt.overlap=4", "optim.lr=0.01"
+    )
+    trainer = build_trainer(cfg, tmp_path, [])
+    trainer.fit()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert steps["k1"].nunique() > 3 and (steps["k1"] >= 5).all()
+    assert (steps["k2"] == steps["k1"] + 4).all()
+    assert steps["lr"].tolist() == pytest.approx((0.01 * steps["k1"] / 12).tolist())
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_stored_states_stay_bounded_by_k2_not_by_the_stream(tiny_cfg, tmp_path):
+    trainer = build_trainer(tiny_cfg("bptt.k1=2", "bptt.k2=9"), tmp_path, [])
+    sizes = []
+    for _ in range(60):
+        trainer.update()
+        sizes.append(len(trainer._states))
+    assert max(sizes) == (9 - 2) // 2 + 2  # the current state + one per later span start
+
+
+def test_error_clipping_clamps_the_signal_entering_each_layer(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("clip=none", "clip.error_clip=1e-4", "model.layers=2", "bptt.k1=4", "bptt.k2=8")
+    trainer = build_trainer(cfg, tmp_path, [])
+    arriving: list[float] = []
+
+    def record(grad):  # runs after the error clip's hook, on what it returned
+        if grad is not None:
+            arriving.append(float(grad.abs().max()))
+
+    trainer.model.output_hooks.append(record)
+    trainer.fit()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert (steps["error_clipped"] > 0).all() and (steps["error_max"] > 1e-4).all()
+    assert (steps["error_mean"] <= steps["error_max"]).all()
+    assert arriving and max(arriving) <= 1e-4
+
+
+def test_divergence_stops_an_absurd_learning_rate_but_not_a_sane_one(tiny_cfg, tmp_path):
+    common = ("data=delayed_recall", "data.length=20000", "clip=none", "trainer.max_tokens=4096",
+              "trainer.divergence_warmup_tokens=1024", "trainer.divergence_factor=3")  # fmt: skip
+    absurd = build_trainer(tiny_cfg(*common, "optim.lr=30"), tmp_path / "absurd", []).fit()
+    assert not absurd.completed
+    assert absurd.stop_reason.startswith("diverged at token 1024")
+    sane = build_trainer(tiny_cfg(*common, "optim.lr=3e-3"), tmp_path / "sane", []).fit()
+    assert sane.completed and sane.tokens >= 4096
