@@ -153,17 +153,22 @@ class BPTTConfig:
 @dataclass
 class FixedBPTTConfig(BPTTConfig):
     k1: int | None = None  # steps between updates (default: length)
-    k2: int | None = None  # steps backpropagated (default: k1)
+    k2: int | None = None  # steps backpropagated (default: k1 + overlap)
+    overlap: int = 0  # k2 - k1 when k2 is not set: sweeps sample k1 and overlap, so k2 >= k1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        k1 = self.length if self.k1 is None else self.k1
-        k2 = k1 if self.k2 is None else self.k2
+        k1, k2 = self.windows()
         check(k1 >= 1, f"bptt.k1 must be >= 1, got {k1}")
+        check(self.overlap >= 0, f"bptt.overlap must be >= 0, got {self.overlap}")
         check(k2 >= k1, f"bptt.k2 must be >= bptt.k1, got bptt.k2={k2} < bptt.k1={k1}")
 
+    def windows(self) -> tuple[int, int]:
+        k1 = self.length if self.k1 is None else self.k1
+        return k1, k1 + self.overlap if self.k2 is None else self.k2
+
     def build(self, seed: int) -> Schedule:
-        return FixedSchedule(self.length if self.k1 is None else self.k1, self.k2)
+        return FixedSchedule(*self.windows())
 
 
 @dataclass

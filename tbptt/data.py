@@ -89,7 +89,7 @@ def delayed_recall_text(length: int, delay: int, alphabet: int = 8, seed: int = 
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"[:alphabet]
     blocks: list[str] = []
-    while sum(map(len, blocks)) < length:
+    for _ in range(-(-length // (2 * delay))):  # ceil(length / block length)
         block = "".join(rng.choice(letters) for _ in range(delay))
         blocks.append(block + block.upper())
     return "".join(blocks)[:length]

@@ -41,12 +41,15 @@ def gradient_flow(model: CharRNN, x: torch.Tensor, y: torch.Tensor, hidden: Hidd
     """
     hidden = detach(hidden)
     states: list[list[torch.Tensor]] = []
-    logits = x.new_empty(0)
     with torch.enable_grad():
         for step in range(x.size(0)):
-            logits, hidden = model(x[step : step + 1], hidden)  # (1, B, V)
+            _, hidden = model(x[step : step + 1], hidden)
             states.append(_state_tensors(hidden))
-        loss = F.cross_entropy(logits[0], y[-1])
+        # The last step's logits, recomputed from the final *state* tensor (same values in eval
+        # mode) so that lag 0 gets a gradient too: the fused module's output sequence and its
+        # final state are distinct autograd nodes. At lag 0 only the top layer's h is reached.
+        top = states[-1][0][-1]  # (B, H)
+        loss = F.cross_entropy(model.decoder(top), y[-1])
         flat = [t for s in states for t in s]
         grads = torch.autograd.grad(loss, flat, allow_unused=True)
     per = len(states[0])

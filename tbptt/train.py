@@ -27,6 +27,10 @@ from tbptt.trainer import Budget, Divergence, EvalCallback, RunResult, Trainer
 log = logging.getLogger(__name__)
 config.register()
 
+# Extension point for whatever runs this app's jobs in-process (the Optuna sweeper's workers):
+# callbacks installed here are called at every evaluation of the next job run in this process.
+job_callbacks: list[EvalCallback] = []
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -111,7 +115,7 @@ def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = Non
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), list(job_callbacks))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
