@@ -219,16 +219,17 @@ def _check_lengths(min_len: int, max_len: int | None, overlap: int) -> None:
 
 @dataclass
 class ClipConfig:
-    error_clip: float | None = None  # clamp the backward error signal (null: off)
+    # Clamp the backward error signal; null or 0: off (0 because Hydra's choice() has no null).
+    error_clip: float | None = None
 
     def __post_init__(self) -> None:
         check(
-            self.error_clip is None or self.error_clip > 0,
-            f"clip.error_clip must be > 0 or null, got {self.error_clip}",
+            self.error_clip is None or self.error_clip >= 0,
+            f"clip.error_clip must be >= 0 or null, got {self.error_clip}",
         )
 
     def build_error_clip(self) -> ErrorClip | None:
-        return None if self.error_clip is None else ErrorClip(self.error_clip)
+        return ErrorClip(self.error_clip) if self.error_clip else None
 
 
 @dataclass

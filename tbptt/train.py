@@ -42,9 +42,10 @@ def resolve_device(name: str) -> torch.device:
 
 def typed(cfg: DictConfig) -> dict[str, Any]:
     """Every group as its schema dataclass; runs the value checks of tbptt/config.py."""
-    typed_cfg = OmegaConf.to_object(cfg)
-    assert isinstance(typed_cfg, dict)
-    return {str(key): value for key, value in typed_cfg.items()}
+    return {
+        str(key): OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+        for key, node in ((key, cfg[key]) for key in cfg if key != "hydra")
+    }
 
 
 def load_corpus(data: config.DataSource, window: int) -> Corpus:

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, TINY
         ("bptt=random bptt.p=1.2", r"bptt.p must be in \[0, 1\], got 1.2"),
         ("bptt=random bptt.overlap=-1", "bptt.overlap must be >= 0, got -1"),
         ("bptt=uniform bptt.min_len=9 bptt.max_len=4", "bptt.max_len must be >= bptt.min_len"),
-        ("clip.error_clip=-0.1", "clip.error_clip must be > 0 or null, got -0.1"),
+        ("clip.error_clip=-0.1", "clip.error_clip must be >= 0 or null, got -0.1"),
         ("trainer.divergence_factor=0.5", "trainer.divergence_factor must be > 1 or null"),
         ("clip=norm clip.max_norm=-1", "clip.max_norm must be > 0, got -1.0"),
         ("clip=value clip.clip_value=0", "clip.clip_value must be > 0, got 0.0"),

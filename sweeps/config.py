@@ -1,0 +1,171 @@
+"""Schemas of the sweeper (``hydra/sweeper=optuna``) and of its sampler and pruner groups.
+
+Registered in Hydra's ConfigStore when the plugin shim is imported, so that
+``hydra/sweeper/sampler=random`` or ``hydra/sweeper/pruner=hyperband`` select another option.
+Samplers and pruners are plain ``_target_`` nodes, instantiated with ``hydra.utils.instantiate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TPESamplerConfig:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = 0
+    n_startup_trials: int = 8
+    multivariate: bool = True
+    group: bool = True  # needed with conditional parameters and multivariate TPE
+    constant_liar: bool = True  # parallel workers do not all sample the same point
+
+
+@dataclass
+class RandomSamplerConfig:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = 0
+
+
+@dataclass
+class GridSamplerConfig:
+    _target_: str = "optuna.samplers.GridSampler"
+    seed: int | None = 0  # the search space is built from the sweep's params (choices only)
+
+
+@dataclass
+class CmaEsSamplerConfig:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: int | None = 0
+    n_startup_trials: int = 4
+
+
+@dataclass
+class GPSamplerConfig:
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = 0
+    n_startup_trials: int = 8
+
+
+@dataclass
+class QMCSamplerConfig:
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: int | None = 0
+    qmc_type: str = "sobol"
+    scramble: bool = True
+
+
+# Pruners see one report per evaluation, with the step counted in training tokens, so that
+# trials with different BPTT lengths are compared at equal compute.
+@dataclass
+class MedianPrunerConfig:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class PercentilePrunerConfig:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 0
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # tokens, or "auto" (from the first finished trial)
+    reduction_factor: int = 3
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class ThresholdPrunerConfig:
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    upper: float | None = 10.0  # nats per character: worse than a uniform guess over 20k chars
+    lower: float | None = None
+    n_warmup_steps: int = 0
+
+
+@dataclass
+class PatientPrunerConfig:
+    _target_: str = "optuna.pruners.PatientPruner"
+    wrapped_pruner: Any = field(default_factory=MedianPrunerConfig)
+    patience: int = 2
+    min_delta: float = 0.0
+
+
+@dataclass
+class WilcoxonPrunerConfig:
+    _target_: str = "optuna.pruners.WilcoxonPruner"
+    p_threshold: float = 0.1
+    n_startup_steps: int = 2
+
+
+@dataclass
+class NopPrunerConfig:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class SweeperConfig:
+    _target_: str = "hydra_plugins.tbptt_optuna_sweeper.optuna_sweeper.TBPTTOptunaSweeper"
+    _recursive_: bool = False  # sampler and pruner are built by the sweeper (grid needs params)
+    defaults: list[Any] = field(
+        default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "asha"}]
+    )
+    sampler: Any = None
+    pruner: Any = None
+    direction: str = "minimize"
+    study_name: str = "tbptt"
+    storage: str | None = None  # any Optuna storage URL; null: a journal file in the sweep dir
+    n_trials: int = 40  # total for the study, across re-runs and machines
+    n_jobs: int | None = None  # worker processes; null: the CPU count (GPU count with cuda)
+    threads_per_worker: int = 1
+    max_failures: int | None = 10  # stop the sweep after this many failed trials
+    max_retries: int = 1  # re-run a trial whose worker died (or whose sweep was killed)
+    timeout: float | None = None  # stop starting trials after this many seconds
+    heartbeat_interval: float = 5.0
+    grace_period: float = 30.0  # a RUNNING trial without heartbeat for this long is stale
+    params: dict[str, str] = field(default_factory=dict)
+
+
+SAMPLERS = {
+    "tpe": TPESamplerConfig,
+    "random": RandomSamplerConfig,
+    "grid": GridSamplerConfig,
+    "cmaes": CmaEsSamplerConfig,
+    "gp": GPSamplerConfig,
+    "qmc": QMCSamplerConfig,
+}
+PRUNERS = {
+    "median": MedianPrunerConfig,
+    "percentile": PercentilePrunerConfig,
+    "asha": SuccessiveHalvingPrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+    "threshold": ThresholdPrunerConfig,
+    "patient": PatientPrunerConfig,
+    "wilcoxon": WilcoxonPrunerConfig,
+    "none": NopPrunerConfig,
+}
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(group="hydra/sweeper", name="optuna", node=SweeperConfig, provider="tbptt")
+    for name, node in SAMPLERS.items():
+        store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="tbptt")
+    for name, node in PRUNERS.items():
+        store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="tbptt")

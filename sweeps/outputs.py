@@ -1,0 +1,114 @@
+"""Sweep outputs, kept consistent while the sweep runs: a crash leaves readable tables.
+
+``trials.parquet`` (one row per trial), ``steps.parquet`` / ``evals.parquet`` /
+``grad_flow.parquet`` (every finished trial's metric tables, with a ``trial`` column) and
+``best.yaml`` (the best value, its parameters and a command that reproduces it as a single run)
+are rewritten atomically each time a trial finishes.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.storage import mask_url
+from tbptt.metrics import atomic_write_bytes, write_parquet
+
+METRIC_TABLES = ("steps", "evals", "grad_flow")
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    start, end = trial.datetime_start, trial.datetime_complete
+    row: dict[str, Any] = {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "tokens": attrs.get("tokens"),
+        "wall_seconds": attrs.get("wall_seconds"),
+        "stop_reason": attrs.get("stop_reason") or attrs.get("fail_reason"),
+        "retry_of": attrs.get("retry_of"),
+        "worker": attrs.get("worker"),
+        "datetime_start": start,
+        "datetime_complete": end,
+        "job_dir": attrs.get("job_dir"),
+        "overrides": command_line(attrs.get("overrides", [])),
+    }
+    row.update({f"param.{key}": value for key, value in trial.params.items()})
+    return row
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    return pd.DataFrame([trial_row(t) for t in study.get_trials(deepcopy=False)])
+
+
+def command_line(overrides: list[str]) -> str:
+    return " ".join(shlex.quote(o) for o in overrides)
+
+
+class SweepOutputs:
+    """Writes the sweep directory's tables; ``record`` is called as each trial finishes.
+
+    Args:
+        sweep_dir: the sweep directory.
+        storage: the storage URL shown in ``best.yaml`` (passwords masked).
+
+    Example:
+        >>> outputs = SweepOutputs(sweep_dir, None); outputs.record(study, trial_number)
+    """
+
+    def __init__(self, sweep_dir: Path, storage: str | None) -> None:
+        self._dir = sweep_dir
+        self._storage = mask_url(storage) if storage else str(sweep_dir / "study.journal")
+        self._frames: dict[str, dict[int, pd.DataFrame]] = {t: {} for t in METRIC_TABLES}
+
+    def load_finished(self, study: optuna.Study) -> None:
+        """On resume: pick up the metric tables of trials finished by earlier runs."""
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.is_finished():
+                self._read_job(trial)
+
+    def _read_job(self, trial: FrozenTrial) -> None:
+        job_dir = trial.user_attrs.get("job_dir")
+        for table in METRIC_TABLES:
+            path = Path(job_dir) / f"{table}.parquet" if job_dir else None
+            if path is not None and path.exists():
+                frame = pd.read_parquet(path)
+                frame.insert(0, "trial", trial.number)
+                self._frames[table][trial.number] = frame
+
+    def record(self, study: optuna.Study, number: int) -> None:
+        self._read_job(study.get_trials(deepcopy=False)[number])
+        self.write(study)
+
+    def write(self, study: optuna.Study) -> None:
+        write_parquet(trials_frame(study), self._dir / "trials.parquet")
+        for table, frames in self._frames.items():
+            if frames:
+                combined = pd.concat([frames[n] for n in sorted(frames)], ignore_index=True)
+                write_parquet(combined, self._dir / f"{table}.parquet")
+        self._write_best(study)
+
+    def _write_best(self, study: optuna.Study) -> None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return
+        best = study.best_trial
+        overrides = list(best.user_attrs.get("overrides", []))
+        doc = {
+            "value": best.value,
+            "trial": best.number,
+            "params": dict(best.params),
+            "overrides": overrides,
+            "command": "python -m tbptt.train " + command_line(overrides),
+            "job_dir": best.user_attrs.get("job_dir"),
+            "study_name": study.study_name,
+            "storage": self._storage,
+        }
+        atomic_write_bytes(self._dir / "best.yaml", yaml.safe_dump(doc, sort_keys=False).encode())

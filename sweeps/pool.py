@@ -1,0 +1,175 @@
+"""A pool of long-lived worker processes, each running one job at a time.
+
+Why not ``concurrent.futures`` or loky: when one of their workers dies (SIGKILL, out of
+memory), the whole executor is declared broken and every other running job is lost with it.
+Here each worker has its own pipe and its own process sentinel, so the death of one worker
+fails only the job it held, and a fresh worker takes its place.
+
+Workers are started once (``spawn``) and reused, so ``import torch`` is paid per worker, not per
+job. A worker exits by itself when its parent dies, so a killed sweep leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import cloudpickle
+
+Runner = Callable[[Any], Any]  # job -> result, executed inside a worker
+
+
+@dataclass(frozen=True)
+class Finished:
+    slot: int
+    job: Any
+    result: Any
+
+
+@dataclass(frozen=True)
+class Died:
+    slot: int
+    job: Any
+    exitcode: int | None
+
+
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def worker_main(
+    conn: Connection, runner_bytes: bytes, env: Mapping[str, str], parent: int
+) -> None:
+    os.environ.update(env)  # before the runner is unpickled, i.e. before torch is imported
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    runner: Runner = cloudpickle.loads(runner_bytes)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        conn.send(runner(job))
+
+
+class WorkerPool:
+    """``size`` worker processes that run ``runner(job)``; dead workers are replaced.
+
+    Args:
+        runner: called in the worker with each job; must be picklable by cloudpickle.
+        size: number of workers, >= 1.
+        env_for: environment variables of the worker in a slot (e.g. its GPU).
+
+    Example:
+        >>> with WorkerPool(run_trial, size=2) as pool:
+        ...     pool.submit(job); events = pool.wait(timeout=1.0)
+    """
+
+    def __init__(
+        self, runner: Runner, size: int, env_for: Callable[[int], dict[str, str]] | None = None
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"hydra.sweeper.n_jobs must be >= 1, got {size}")
+        self._payload = cloudpickle.dumps(runner)
+        self._env_for = env_for or (lambda slot: {})
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[Any] = [None] * size
+        self._conns: list[Connection | None] = [None] * size
+        self._jobs: list[Any] = [None] * size
+        self.started = [0.0] * size
+        for slot in range(size):
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        parent_conn, child_conn = self._ctx.Pipe()
+        args = (child_conn, self._payload, self._env_for(slot), os.getpid())
+        proc = self._ctx.Process(target=worker_main, args=args, daemon=True)
+        proc.start()
+        child_conn.close()
+        self._procs[slot], self._conns[slot], self._jobs[slot] = proc, parent_conn, None
+
+    @property
+    def size(self) -> int:
+        return len(self._procs)
+
+    def free_slots(self) -> list[int]:
+        return [slot for slot, job in enumerate(self._jobs) if job is None]
+
+    def busy(self) -> int:
+        return self.size - len(self.free_slots())
+
+    def pid(self, slot: int) -> int:
+        return int(self._procs[slot].pid)
+
+    def submit(self, job: Any, slot: int | None = None) -> int:
+        slot = self.free_slots()[0] if slot is None else slot
+        conn = self._conns[slot]
+        assert conn is not None and self._jobs[slot] is None
+        try:
+            conn.send(job)
+        except (BrokenPipeError, OSError):  # the worker died while idle: replace it
+            self._procs[slot].join(timeout=5)
+            self._start(slot)
+            conn = self._conns[slot]
+            assert conn is not None
+            conn.send(job)
+        self._jobs[slot] = job
+        self.started[slot] = time.time()
+        return slot
+
+    def wait(self, timeout: float) -> list[Finished | Died]:
+        """Results of finished jobs and deaths of workers, waiting at most ``timeout`` s."""
+        busy = [s for s in range(self.size) if self._jobs[s] is not None]
+        handles = {self._conns[s]: s for s in busy} | {self._procs[s].sentinel: s for s in busy}
+        events: list[Finished | Died] = []
+        for ready in wait(list(handles), timeout):
+            slot = handles[ready]
+            if self._jobs[slot] is None:
+                continue  # both its pipe and its sentinel were ready: already handled
+            events.append(self._collect(slot))
+        return events
+
+    def _collect(self, slot: int) -> Finished | Died:
+        job, conn = self._jobs[slot], self._conns[slot]
+        assert conn is not None
+        try:
+            if conn.poll():
+                result = conn.recv()
+                self._jobs[slot] = None
+                return Finished(slot, job, result)
+        except (EOFError, OSError):
+            pass
+        proc = self._procs[slot]
+        proc.join(timeout=5)
+        self._start(slot)  # the replacement worker starts importing while the sweep goes on
+        return Died(slot, job, proc.exitcode)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: idle ones exit cleanly; busy ones are killed when ``kill``."""
+        for slot, conn in enumerate(self._conns):
+            if conn is not None and self._jobs[slot] is None:
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        for proc in self._procs:
+            proc.join(timeout=0.1 if kill else 5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""Live sweep progress: a tqdm bar on a terminal, one line per finished trial otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from sweeps.worker import TrialOutcome
+
+
+def counts(study: optuna.Study) -> Counter[str]:
+    return Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+
+
+def best_text(study: optuna.Study) -> str:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return "best: none yet"
+    best = study.best_trial
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in best.params.items())  # fmt: skip
+    return f"best {best.value:.4f} (trial {best.number}: {params})"
+
+
+class Progress:
+    """Shows complete/pruned/failed/running counts, the best trial and the elapsed time.
+
+    Args:
+        total: the study's trial total.
+        stream: where to write (stderr by default); a bar only when it is a terminal.
+
+    Example:
+        >>> progress = Progress(total=40); progress.finished(study, outcome); progress.close()
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._started = time.monotonic()
+        self._bar = tqdm(total=total, file=self._stream, unit="trial", dynamic_ncols=True)
+        self._bar.disable = not self._stream.isatty()
+
+    def summary(self, study: optuna.Study) -> str:
+        c = counts(study)
+        elapsed = time.monotonic() - self._started
+        return (
+            f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
+            f"{c['running']} running | {best_text(study)} | {elapsed:.0f}s"
+        )
+
+    def start(self, study: optuna.Study, done: int) -> None:
+        self._bar.n = done
+        self._bar.set_postfix_str(self.summary(study), refresh=True)
+
+    def finished(self, study: optuna.Study, outcome: TrialOutcome, done: int) -> None:
+        if self._bar.disable:
+            detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
+            print(
+                f"trial {outcome.number} {outcome.state.lower()}: {detail} | {done}/"
+                f"{self._bar.total} | {self.summary(study)}",
+                file=self._stream,
+                flush=True,
+            )
+            return
+        self._bar.n = done
+        self._bar.set_postfix_str(self.summary(study), refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()
