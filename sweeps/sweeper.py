@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.outputs import SweepOutputs
 from sweeps.pool import Died, Finished, WorkerPool
 from sweeps.progress import Progress, best_text
-from sweeps.space import SearchSpace, parse_space, sample, to_overrides
+from sweeps.space import SearchSpace, check_keys, parse_space, sample, to_overrides
 from sweeps.storage import SweepLock, fail_trial, open_storage, retry, stale_trials
 from sweeps.worker import StudyRef, TrialJob, TrialOutcome, TrialRunner
 from tbptt.errors import ConfigError
@@ -132,6 +132,7 @@ class OptunaSweeper(Sweeper):
         params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
         space = parse_space(params, arguments, self.is_group)
         typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker starts
+        check_keys(space, self.compose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with SweepLock(sweep_dir):
             study = self._study(sweep_dir, space)
@@ -168,8 +169,12 @@ class OptunaSweeper(Sweeper):
                 retry(study, trial, int(self.cfg.max_retries))
                 log.warning("trial %d was left running: marked FAIL and retried", trial.number)
 
+    def _device(self) -> str:
+        assert self.config is not None
+        return str(OmegaConf.select(self.config, "trainer.device", default="cpu"))
+
     def _settings(self) -> Settings:
-        device = str(self.config.trainer.device) if self.config is not None else "cpu"
+        device = self._device()
         n_jobs = self.cfg.n_jobs or default_jobs(device, gpu_count(), os.cpu_count() or 1)
         return Settings(
             int(self.cfg.n_trials), int(n_jobs), self.cfg.max_failures,
@@ -191,7 +196,7 @@ class OptunaSweeper(Sweeper):
         self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
     ) -> None:
         settings = self._settings()
-        device = str(self.config.trainer.device) if self.config is not None else "cpu"
+        device = self._device()
         gpus = 0 if device == "cpu" else gpu_count()
         pool = WorkerPool(
             self._runner(sweep_dir), settings.n_jobs, lambda s: gpu_env(s, gpus, device)

@@ -1,0 +1,353 @@
+"""Search spaces written in Hydra's override grammar, as Optuna distributions.
+
+The grammar is the one hydra-optuna-sweeper reads, so a ``hydra.sweeper.params`` block moves
+between the two sweepers unchanged::
+
+    optim.lr: tag(log, interval(1e-4, 3e-2))   # FloatDistribution(1e-4, 3e-2, log=True)
+    model.layers: range(1, 4)                   # IntDistribution(1, 3)
+    clip: choice(none, norm, value)             # a config group: one option per trial
+    clip.max_norm: interval(0.1, 10)            # sampled only in trials where clip=norm
+
+Strings are read by Hydra's own parser, never evaluated. Sampling is define-by-run: the group
+options are drawn first, the config they select is composed, and a parameter is drawn only when
+its key exists in that config.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from itertools import islice
+from numbers import Integral, Real
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    OverrideType,
+    RangeSweep,
+)
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from tbptt.errors import ConfigError
+
+TAGS = ("int", "log")
+MAX_RANGE_VALUES = 1_000_000  # a float range is counted by stepping through it
+_PLAIN = re.compile(r"[A-Za-z0-9_\-./:@+]+")  # strings that may go unquoted, if they read back
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept key: a config value such as ``optim.lr``, or a config group such as ``clip``."""
+
+    key: str
+    distribution: BaseDistribution
+    is_group: bool
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a sweep samples and what it holds fixed, built by :func:`parse_space`.
+
+    Args:
+        params: The swept keys, in the order given (``hydra.sweeper.params`` first, then sweeps
+            added on the command line).
+        fixed: Non-sweep overrides, exactly as given; every trial composes with them.
+
+    Example::
+
+        space = parse_space(
+            {"clip": "choice(none,norm)", "clip.max_norm": "interval(0.1, 10)"},
+            ["trainer.max_tokens=1000"],
+            is_group=lambda key: key == "clip",
+        )
+        space.fixed  # ("trainer.max_tokens=1000",)
+        sample(study.ask(), space, compose)  # {"clip": "norm", "clip.max_norm": 3.1}
+    """
+
+    params: tuple[Param, ...]
+    fixed: tuple[str, ...]
+
+
+def parse_space(
+    params: Mapping[str, str], overrides: Sequence[str], is_group: Callable[[str], bool]
+) -> SearchSpace:
+    """Read ``hydra.sweeper.params`` and the command line into a :class:`SearchSpace`.
+
+    A command-line sweep adds or replaces the param of its key; a command-line value pins the
+    key: it goes to ``fixed`` and the param of that key is dropped. A later entry for a key
+    takes the place of the earlier one.
+    """
+    lines = [(f"{key}={_text(v)}", f"hydra.sweeper.params.{key}") for key, v in params.items()]
+    lines += [(line, f"override {line!r}") for line in overrides]
+    entries: dict[str, Param | str] = {}
+    for line, where in lines:
+        key, entry = _entry(line, where, is_group)
+        entries[key] = entry
+    return SearchSpace(
+        params=tuple(e for e in entries.values() if isinstance(e, Param)),
+        fixed=tuple(e for e in entries.values() if isinstance(e, str)),
+    )
+
+
+def _text(value: Any) -> str:
+    # Read from YAML, a params value can be 3, 0.5, true or null rather than a string.
+    return value if isinstance(value, str) else _format(value)
+
+
+def _entry(line: str, where: str, is_group: Callable[[str], bool]) -> tuple[str, Param | str]:
+    override = _parse(line, where)
+    key = override.key_or_group
+    if not override.is_sweep_override():
+        return key, line
+    if override.type != OverrideType.CHANGE or override.package is not None:
+        raise ConfigError(f"{where}: cannot sweep a '+', '++', '~' or '@package' override")
+    distribution = _distribution(override, where)
+    group = is_group(key)
+    if group and not isinstance(distribution, CategoricalDistribution):
+        raise ConfigError(f"{where}: a config group takes choice(...) or a comma list")
+    return key, Param(key, distribution, group)
+
+
+@cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()
+
+
+def _parse(line: str, where: str) -> Override:
+    try:
+        return _parser().parse_overrides([line])[0]
+    except OverrideParseException as exc:
+        value = line.partition("=")[2]
+        raise ConfigError(f"{where}: cannot parse {value!r}: {_reason(exc)}") from None
+
+
+def _reason(exc: OverrideParseException) -> str:
+    # Hydra's message repeats the override, then says what is wrong, then links its docs.
+    boilerplate = ("Error parsing override", "See https://")
+    lines = [s for s in exc.message.splitlines() if s.strip() and not s.startswith(boilerplate)]
+    return lines[0] if lines else exc.message.splitlines()[0]
+
+
+def _distribution(override: Override, where: str) -> BaseDistribution:
+    value = override.value()
+    if isinstance(value, ChoiceSweep):
+        return _choice(value, where)
+    if isinstance(value, RangeSweep):
+        return _range(value, where)
+    if isinstance(value, IntervalSweep):
+        return _interval(value, where)
+    name = type(value).__name__.lower()
+    raise ConfigError(f"{where}: {name}() is not supported; use choice(), range() or interval()")
+
+
+def _choice(sweep: ChoiceSweep, where: str) -> CategoricalDistribution:
+    _check_shuffle(sweep.shuffle, where)
+    _tags(sweep.tags, allowed=(), kind="choice", where=where)
+    choices: list[CategoricalChoiceType] = []
+    for choice in sweep.list:
+        if not (choice is None or isinstance(choice, bool | int | float | str)):
+            raise ConfigError(
+                f"{where}: choice values must be null, bool, int, float or str, got {choice!r}"
+            )
+        choices.append(choice)
+    if len(set(choices)) < len(choices):
+        # Optuna finds a choice by ==, so 1, 1.0 and true would all come back as the first.
+        raise ConfigError(f"{where}: choice values must be distinct, got {choices}")
+    return CategoricalDistribution(choices)
+
+
+def _range(sweep: RangeSweep, where: str) -> BaseDistribution:
+    _check_shuffle(sweep.shuffle, where)
+    log = "log" in _tags(sweep.tags, allowed=("log",), kind="range", where=where)
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    assert start is not None and stop is not None
+    text = f"range({start}, {stop}, {step})"
+    _check_finite(where, text, start, stop, step)
+    if step == 0:
+        raise ConfigError(f"{where}: {text} has step 0")
+    # Count what Hydra's basic sweeper would run. For ints that is Python's range; for floats
+    # Hydra adds Decimal(step) to Decimal(start) at 28 digits, which can reach the stop:
+    # range(0.1, 0.4, 0.1) runs 0.1, 0.2, 0.30000000000000004 and 0.4.
+    values = sweep.range()
+    if isinstance(values, range):
+        if not values:
+            raise ConfigError(f"{where}: {text} has no values")
+        low, high = min(values[0], values[-1]), max(values[0], values[-1])
+        return _bounded(IntDistribution, where, text, low, high, step=abs(step), log=log)
+    count = sum(1 for _ in islice(values, MAX_RANGE_VALUES + 1))
+    if count == 0:
+        raise ConfigError(f"{where}: {text} has no values")
+    if count > MAX_RANGE_VALUES:
+        raise ConfigError(f"{where}: {text} has over {MAX_RANGE_VALUES} values; use interval()")
+    # Optuna checks the grid in str() decimals: end on that grid (0.3, not 0.30000000000000004),
+    # or Optuna warns and moves the upper bound itself.
+    ends = float(start), float(Decimal(str(start)) + (count - 1) * Decimal(str(step)))
+    lo, hi = min(ends), max(ends)
+    return _bounded(FloatDistribution, where, text, lo, hi, step=abs(float(step)), log=log)
+
+
+def _interval(sweep: IntervalSweep, where: str) -> BaseDistribution:
+    tags = _tags(sweep.tags, allowed=TAGS, kind="interval", where=where)
+    low, high = sweep.start, sweep.end
+    assert low is not None and high is not None
+    text = f"interval({low}, {high})"
+    _check_finite(where, text, low, high)
+    if low > high:
+        raise ConfigError(f"{where}: interval low {low} > high {high}")
+    # Hydra's interval() always yields floats; int(interval(...)) casts them, tag(int, ...) asks.
+    if isinstance(low, int) or "int" in tags:
+        return _bounded(IntDistribution, where, text, int(low), int(high), log="log" in tags)
+    return _bounded(FloatDistribution, where, text, low, high, log="log" in tags)
+
+
+def _tags(tags: set[str], allowed: Sequence[str], kind: str, where: str) -> set[str]:
+    for tag in sorted(tags):
+        if tag not in TAGS:
+            raise ConfigError(f"{where}: unknown tag {tag!r}; known tags: {', '.join(TAGS)}")
+        if tag not in allowed:
+            raise ConfigError(f"{where}: tag {tag!r} does not apply to {kind}()")
+    return tags
+
+
+def _check_shuffle(shuffle: bool, where: str) -> None:
+    if shuffle:
+        raise ConfigError(f"{where}: shuffle() is not supported; the Optuna sampler picks")
+
+
+def _check_finite(where: str, text: str, *numbers: float) -> None:
+    if not all(math.isfinite(x) for x in numbers):
+        raise ConfigError(f"{where}: {text} needs finite bounds")
+
+
+def _bounded(
+    kind: type[IntDistribution] | type[FloatDistribution],
+    where: str,
+    text: str,
+    low: Any,
+    high: Any,
+    **options: Any,
+) -> BaseDistribution:
+    if options.get("log") and low <= 0:
+        raise ConfigError(f"{where}: log scale needs low > 0, got {low}")
+    try:
+        return kind(low, high, **options)
+    except ValueError as exc:  # e.g. log with a step: Optuna's message says which
+        raise ConfigError(f"{where}: {text}: {exc}") from None
+
+
+def suggest(trial: optuna.trial.BaseTrial, param: Param) -> Any:
+    """Ask ``trial`` for a value of ``param`` (enqueued values come back as they were)."""
+    dist = param.distribution
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(param.key, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(param.key, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(param.key, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"{param.key}: cannot suggest from {dist!r}")
+
+
+def sample(
+    trial: optuna.trial.BaseTrial,
+    space: SearchSpace,
+    compose: Callable[[list[str]], DictConfig],
+) -> dict[str, Any]:
+    """Draw one trial's values, define-by-run: a key absent from its config is not drawn.
+
+    Groups come first because they decide which keys exist: ``clip.max_norm`` exists only
+    under ``clip=norm``. ``compose`` turns overrides into the config, e.g. Hydra's compose.
+    """
+    values = {p.key: suggest(trial, p) for p in space.params if p.is_group}
+    cfg = compose([*space.fixed, *to_overrides(values)])
+    for param in space.params:
+        if not param.is_group and _has_key(cfg, param.key):
+            values[param.key] = suggest(trial, param)
+    return {p.key: values[p.key] for p in space.params if p.key in values}
+
+
+def check_keys(space: SearchSpace, compose: Callable[[list[str]], DictConfig]) -> None:
+    """Fail for a key that exists under no option of the groups it could belong to.
+
+    Define-by-run skips absent keys, so without this check a misspelled ``optim.lrr`` would
+    silently never be sampled.
+    """
+    groups = [p for p in space.params if p.is_group]
+    for param in space.params:
+        if param.is_group:
+            continue
+        owners = [g for g in groups if param.key.startswith(g.key + ".")]
+        options = [
+            [f"{g.key}={_format(c)}"]
+            for g in owners
+            for c in g.distribution.choices  # type: ignore[attr-defined]
+        ] or [[]]
+        if not any(_has_key(compose([*space.fixed, *o]), param.key) for o in options):
+            raise ConfigError(
+                f"hydra.sweeper.params.{param.key}: no such key in the config"
+                + (f" under any option of {owners[0].key}" if owners else "")
+            )
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    # Look the leaf up among its parent's keys rather than select() it: select() answers its
+    # default for a mandatory '???' value, and raises for an interpolation it cannot resolve,
+    # yet both are keys a trial can set. A null value is a key too.
+    parent_key, _, leaf = key.rpartition(".")
+    parent = (
+        OmegaConf.select(cfg, parent_key, default=None, throw_on_resolution_failure=False)
+        if parent_key
+        else cfg
+    )
+    return isinstance(parent, DictConfig) and leaf in parent.keys()
+
+
+def to_overrides(values: Mapping[str, Any]) -> list[str]:
+    """``key=value`` strings that Hydra's override parser reads back to the same values."""
+    return [f"{key}={_format(value)}" for key, value in values.items()]
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        return repr(float(value))  # shortest text that reads back to the same float
+    if isinstance(value, str):
+        return value if _reads_back(value) else _quote(value)
+    raise TypeError(f"cannot write {value!r} as an override value")
+
+
+def _reads_back(text: str) -> bool:
+    # Hydra types unquoted text: 1_000 is an int, TRUE a bool, nan a float, a,b a sweep.
+    if not _PLAIN.fullmatch(text):
+        return False
+    try:
+        override = _parser().parse_overrides([f"key={text}"])[0]
+    except OverrideParseException:
+        return False
+    return not override.is_sweep_override() and override.value() == text
+
+
+def _quote(text: str) -> str:
+    # In a quoted value Hydra unescapes \' and the backslashes right before a quote or the end.
+    escaped = re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text)
+    return f"'{escaped}'"

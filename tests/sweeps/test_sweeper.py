@@ -1,0 +1,124 @@
+"""The sweeper end to end on a toy Hydra app (no training): faults, resume, totals, locks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeps.storage import SweepLock, open_storage
+from tests.conftest import ROOT
+
+TOY = ROOT / "tests" / "sweeps" / "toy_app.py"
+GRID = "x=choice(-0.5,-0.2,0.1,0.4,0.7,0.9)"
+
+
+def sweep(sweep_dir: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def load(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="tbptt", storage=open_storage(None, sweep_dir))
+    return study.get_trials()
+
+
+def states(trials) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_a_trial_that_raises_ends_fail_and_the_sweep_goes_on(tmp_path):
+    proc = sweep(tmp_path, GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=6", "fail_below=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path)
+    assert states(trials) == {"COMPLETE": 4, "FAIL": 2}
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert {t.params["x"] for t in failed} == {-0.5, -0.2}
+    assert all(t.user_attrs["fail_reason"].startswith("ValueError: boom") for t in failed)
+    best = (tmp_path / "best.yaml").read_text()
+    assert "x: 0.4" in best and "command: python -m tbptt.train" in best
+
+
+def test_max_failures_stops_the_sweep_with_a_clear_message(tmp_path):
+    proc = sweep(tmp_path, "x=interval(-1,-0.5)", "fail_below=0", "hydra.sweeper.n_trials=10",
+                 "hydra.sweeper.max_failures=3")  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(
+        r"error: stopped after [34] failed trials \(hydra.sweeper.max_failures=3\)", last
+    )
+    assert "Traceback" not in proc.stderr
+    assert states(load(tmp_path))["FAIL"] >= 3
+
+
+def test_a_killed_worker_fails_its_trial_which_is_retried(tmp_path):
+    marker = tmp_path / "killed-once"
+    proc = sweep(tmp_path / "s", GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=4", f"kill_marker={marker}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path / "s")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "worker killed by signal 9"
+    retried = [t for t in trials if t.user_attrs.get("retried_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == failed[0].params
+    assert states(trials) == {"COMPLETE": 4, "FAIL": 1}  # n_trials counts the retry, not both
+
+
+def test_rerunning_continues_the_study_to_its_total(tmp_path):
+    args = ("x=interval(-1,1)", "hydra/sweeper/pruner=none")
+    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=3").returncode == 0
+    assert len(load(tmp_path)) == 3
+    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=5").returncode == 0
+    assert len(load(tmp_path)) == 5
+    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=5").returncode == 0
+    trials = load(tmp_path)
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == list("01234")
+
+
+def test_trials_left_running_by_a_killed_sweep_are_failed_and_retried(tmp_path):
+    study = optuna.create_study(study_name="tbptt", storage=open_storage(None, tmp_path))
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(-1, 1)})
+    proc = sweep(tmp_path, "x=interval(-1,1)", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path)
+    assert trials[orphan.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retried_trial") == orphan.number]
+    assert retry and retry[0].params == trials[orphan.number].params
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path):
+    with SweepLock(tmp_path):
+        proc = sweep(tmp_path, "x=interval(-1,1)", "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 2
+    assert "is in use by a running sweep" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs must be >= 1, got 0"),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials must be >= 1, got 0"),
+        ("hydra.sweeper.storage=ftp://x/y", "hydra.sweeper.storage: unknown scheme 'ftp'"),
+        ("x=interval(1,-1)", "x"),
+        ("y=interval(0,1)", "hydra.sweeper.params.y: no such key in the config"),
+    ],
+)
+def test_bad_sweeper_settings_fail_before_any_trial(tmp_path, arg, message):
+    args = [arg] if arg[1] == "=" else ["x=interval(-1,1)", arg]
+    proc = sweep(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert not list(tmp_path.glob("*/result.json"))
