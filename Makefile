@@ -8,9 +8,11 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 CORPUS := data/shakespeare.txt
 ARGS ?=
+SWEEP ?= default
+SWEEP_DIR ?= multirun/$(SWEEP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-all lint sweep clean
+.PHONY: help install data test test-all lint sweep dashboard clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,9 +45,12 @@ lint: install ## Ruff and mypy
 	$(BIN)/ruff check tbptt sweeps analysis tests
 	$(BIN)/mypy
 
-sweep: install ## Run the default sweep (a learning-rate grid until the Optuna sweeper lands)
-	$(PY) -m tbptt.train -m optim.lr=3e-4,1e-3,3e-3,1e-2 hydra/launcher=joblib \
-		hydra.launcher.n_jobs=2 $(ARGS)
+sweep: install ## Run conf/sweep/$(SWEEP).yaml (default: default); ARGS="..." adds overrides
+	$(PY) -m tbptt.train -m sweep=$(SWEEP) $(ARGS)
+
+dashboard: install ## Open optuna-dashboard on the study of SWEEP (http://127.0.0.1:8080)
+	$(BIN)/optuna-dashboard $(SWEEP_DIR)/study.journal --storage-class JournalFileStorage \
+		--host 127.0.0.1 --port 8080
 
 clean: ## Remove the virtualenv, data and outputs
 	rm -rf $(VENV) data outputs multirun

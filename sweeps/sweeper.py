@@ -38,8 +38,6 @@ from tbptt.errors import ConfigError
 from tbptt.train import typed
 
 log = logging.getLogger(__name__)
-# TPE's `group` and the pruners' experimental flags warn on every trial; the choice is deliberate.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class SweepError(RuntimeError):
@@ -129,6 +127,9 @@ class OptunaSweeper(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         assert self.config is not None
+        # TPE's `group` is experimental and says so on every sampler; the choice is deliberate.
+        # (Set here, not at import: Hydra imports plugins inside warnings.catch_warnings().)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
         space = parse_space(params, arguments, self.is_group)
         typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker starts

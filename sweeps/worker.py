@@ -26,7 +26,7 @@ from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
 from sweeps.storage import beat, open_storage
-from tbptt import train
+from tbptt import hooks
 from tbptt.trainer import StopRun
 
 
@@ -139,7 +139,7 @@ class TrialRunner:
             config.hydra.job.num = job.number
         HydraConfig.instance().set_config(config)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        train.job_callbacks[:] = [reporter]
+        hooks.job_callbacks[:] = [reporter]
         try:
             ret = run_job(
                 hydra_context=self.hydra_context,
@@ -151,7 +151,7 @@ class TrialRunner:
         except SystemExit as exit_:  # the app rejected its config (it printed why)
             ret = JobReturn(status=JobStatus.FAILED, _return_value=exit_)
         finally:
-            train.job_callbacks.clear()
+            hooks.job_callbacks.clear()
         return ret, job_dir
 
 

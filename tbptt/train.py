@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tbptt import config
+from tbptt import config, hooks
 from tbptt.data import Corpus, build_corpus
 from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog
@@ -26,10 +26,6 @@ from tbptt.trainer import Budget, Divergence, EvalCallback, RunResult, Trainer
 
 log = logging.getLogger(__name__)
 config.register()
-
-# Extension point for whatever runs this app's jobs in-process (the Optuna sweeper's workers):
-# callbacks installed here are called at every evaluation of the next job run in this process.
-job_callbacks: list[EvalCallback] = []
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +112,8 @@ def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = Non
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), list(job_callbacks))
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = run(cfg, run_dir, list(hooks.job_callbacks))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

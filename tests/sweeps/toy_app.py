@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tbptt import train
+from tbptt import hooks
 from tbptt.metrics import write_json
 from tbptt.trainer import StopRun
 
@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> float:
             time.sleep(cfg.sleep / cfg.steps)
             if step == cfg.steps // 2:
                 fault(cfg)
-            for callback in train.job_callbacks:
+            for callback in hooks.job_callbacks:
                 callback(step * 100, objective(cfg) + 1.0 / step)
     except StopRun as stop:
         stop_reason = stop.reason
