@@ -12,7 +12,7 @@ SWEEP ?= default
 SWEEP_DIR ?= multirun/$(SWEEP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-all lint sweep dashboard clean
+.PHONY: help install data test test-all lint sweep report dashboard clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -42,11 +42,15 @@ test-all: install ## Run every test, the slow ones included
 	$(BIN)/pytest -q -m "slow or not slow"
 
 lint: install ## Ruff and mypy
-	$(BIN)/ruff check tbptt sweeps analysis tests
+	$(BIN)/ruff check tbptt sweeps analysis tests hydra_plugins
 	$(BIN)/mypy
 
-sweep: install ## Run conf/sweep/$(SWEEP).yaml (default: default); ARGS="..." adds overrides
+sweep: install ## Run conf/sweep/$(SWEEP).yaml (default: default), then write its report
 	$(PY) -m tbptt.train -m sweep=$(SWEEP) $(ARGS)
+	$(PY) -m analysis.report $(SWEEP_DIR)
+
+report: install ## Write report.md / report.html / report/*.png for SWEEP_DIR (multirun/$(SWEEP))
+	$(PY) -m analysis.report $(SWEEP_DIR)
 
 dashboard: install ## Open optuna-dashboard on the study of SWEEP (http://127.0.0.1:8080)
 	$(BIN)/optuna-dashboard $(SWEEP_DIR)/study.journal --storage-class JournalFileStorage \

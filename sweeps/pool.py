@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -46,12 +49,12 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def worker_main(
-    conn: Connection, runner_bytes: bytes, env: Mapping[str, str], parent: int
-) -> None:
+def worker_main(conn: Connection, runner_file: str, env: Mapping[str, str], parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see WorkerPool._start
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ.update(env)  # before the runner is unpickled, i.e. before torch is imported
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    runner: Runner = cloudpickle.loads(runner_bytes)
+    runner: Runner = cloudpickle.loads(Path(runner_file).read_bytes())
     while True:
         try:
             job = conn.recv()
@@ -80,7 +83,11 @@ class WorkerPool:
     ) -> None:
         if size < 1:
             raise ValueError(f"hydra.sweeper.n_jobs must be >= 1, got {size}")
-        self._payload = cloudpickle.dumps(runner)
+        # The runner travels through a file, not the spawn pipe: a large payload would block
+        # Process.start() until the child has imported its modules, one worker after another.
+        fd, self._payload = tempfile.mkstemp(prefix="tbptt-runner-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(cloudpickle.dumps(runner))
         self._env_for = env_for or (lambda slot: {})
         self._ctx = mp.get_context("spawn")
         self._procs: list[Any] = [None] * size
@@ -94,7 +101,15 @@ class WorkerPool:
         parent_conn, child_conn = self._ctx.Pipe()
         args = (child_conn, self._payload, self._env_for(slot), os.getpid())
         proc = self._ctx.Process(target=worker_main, args=args, daemon=True)
-        proc.start()
+        # Ctrl-C reaches the whole process group, but only the sweep process should react (it
+        # stops the workers). SIGINT is blocked while the worker starts, so the worker inherits
+        # the block and ignores the signal before unblocking it; here a Ctrl-C that arrives
+        # meanwhile stays pending and is delivered once the block is lifted, not lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()
         self._procs[slot], self._conns[slot], self._jobs[slot] = proc, parent_conn, None
 
@@ -167,6 +182,7 @@ class WorkerPool:
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
+        Path(self._payload).unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -115,8 +115,13 @@ class SweepLock:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> SweepLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self._path.open("a+")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self._path.open("a+")
+        except OSError as err:
+            raise ConfigError(
+                f"hydra.sweep.dir: cannot write to {self._path.parent}: {err.strerror}"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -116,6 +116,9 @@ class OptunaSweeper(Sweeper):
         except SweepError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt:
+            print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+            sys.exit(130)
 
     def compose(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None

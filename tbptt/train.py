@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tbptt import config, hooks
+from tbptt.cli import run_app
 from tbptt.data import Corpus, build_corpus
 from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog
@@ -121,4 +122,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

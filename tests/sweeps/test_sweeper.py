@@ -63,7 +63,8 @@ def test_max_failures_stops_the_sweep_with_a_clear_message(tmp_path):
 def test_a_killed_worker_fails_its_trial_which_is_retried(tmp_path):
     marker = tmp_path / "killed-once"
     proc = sweep(tmp_path / "s", GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
-                 "hydra.sweeper.n_trials=4", f"kill_marker={marker}")  # fmt: skip
+                 "hydra.sweeper.n_trials=4", f"kill_marker={marker}",
+                 "kill_xs=[-0.5]")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     trials = load(tmp_path / "s")
     failed = [t for t in trials if t.state == TrialState.FAIL]

@@ -2,7 +2,8 @@
 
 The objective is (x - 0.3)^2, reported over ``steps`` evaluations that improve towards it, so
 pruners have curves to compare. ``sleep`` slows a trial, ``fail_below`` raises for x below it,
-``kill_marker`` SIGKILLs the worker mid-trial (once per marker file, so a retry can succeed).
+``kill_marker`` SIGKILLs the worker mid-trial for each x in ``kill_xs`` (once per x: a marker
+file remembers it, so a retry can succeed).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ def objective(cfg: DictConfig) -> float:
     return (cfg.x - 0.3) ** 2
 
 
-def fault(cfg: DictConfig) -> None:
+def fault(cfg: DictConfig, run_dir: Path) -> None:
+    if cfg.write_mb:  # fills the disk, or runs into a file-size limit set by the test
+        (run_dir / "big.bin").write_bytes(b"\0" * int(cfg.write_mb * 2**20))
     if cfg.fail_below is not None and cfg.x < cfg.fail_below:
         raise ValueError(f"boom at x={cfg.x}")
-    if cfg.kill_marker and not Path(cfg.kill_marker).exists():
-        Path(cfg.kill_marker).write_text("killed once")
+    marker = Path(f"{cfg.kill_marker}-{cfg.x}") if cfg.kill_marker else None
+    if marker and cfg.x in cfg.kill_xs and not marker.exists():
+        marker.write_text("killed once")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -41,7 +45,7 @@ def main(cfg: DictConfig) -> float:
         for step in range(1, cfg.steps + 1):
             time.sleep(cfg.sleep / cfg.steps)
             if step == cfg.steps // 2:
-                fault(cfg)
+                fault(cfg, run_dir)
             for callback in hooks.job_callbacks:
                 callback(step * 100, objective(cfg) + 1.0 / step)
     except StopRun as stop:

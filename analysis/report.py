@@ -1,0 +1,501 @@
+"""A sweep's report in Markdown and HTML: ``python -m analysis.report SWEEP_DIR``.
+
+``write_report`` writes ``report.md`` (figures linked) and ``report.html`` (figures inline, one
+self-contained file) into the sweep directory, and the figures as PNGs under ``report/``. It
+answers, in order: what is the best configuration and how to rerun it; the ten best trials; what
+each swept knob did (and how important Optuna judges it); which trials were stopped, why and at
+which token; whether the gradient vanished or exploded; then the figures of ``analysis.plots``.
+A figure the data cannot support (no ``clip`` parameter, no timestamps) becomes a note.
+
+Gradient health reads the per-step decay factor f that the trainer fits to ||dL_t/dh_{t-j}|| ~
+c * f**j at each evaluation (``evals.decay_factor``), at the trial's last evaluation:
+
+- f < 0.7: *vanishing*. The signal falls to 1% within ln(100) / -ln(f) steps (13 at f = 0.7),
+  fewer than the shortest BPTT windows worth sweeping: longer dependencies are not learned, and a
+  longer window buys nothing.
+- f > 1.05: *exploding*. It grows 100x within ln(100) / ln(f) steps (94 at f = 1.05), inside a
+  typical window: updates are dominated by a few large terms; clip by norm or lower the lr.
+- otherwise *healthy*; when the 1% horizon exceeds the window k2, the truncation rather than the
+  gradient limits how far back the model learns.
+
+Every string that reaches the report passes through ``sweeps.storage.mask_url``: a storage URL
+with a password (in an override, a failure message or ``best.yaml``) never appears unmasked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis.load import SweepResults, load
+from analysis.plots import PLOTS, minimizes, objectives, param_importances, ranked
+from sweeps.storage import mask_url
+from tbptt.errors import ConfigError
+
+VANISHING_BELOW = 0.7
+EXPLODING_ABOVE = 1.05
+HORIZON_FRACTION = 0.01  # "not learned" once the gradient is below 1% of its size
+TOP_N = 10
+HEALTH_COLUMNS = {
+    "objective": "value (pruned: best val loss)",
+    "first": "factor (first eval)",
+    "last": "factor (last eval)",
+}
+CAPTIONS = {
+    "val_curves": "Validation loss of every trial (crosses: trials stopped early)",
+    "objective_vs_params": "Objective vs learning rate and BPTT length",
+    "clip_modes": "Objective per clip mode",
+    "importances": "Parameter importances",
+    "grad_norms": "Gradient norm before clipping (dashed: clip thresholds)",
+    "grad_flow": "Gradient flow through time at the last evaluation",
+    "timeline": "Trials per worker over wall time",
+}
+
+
+# -- gradient health ----------------------------------------------------------------------
+
+
+def horizon(factor: float) -> int:
+    """Steps over which a gradient scaled by ``factor`` per step changes 100-fold."""
+    return max(1, round(math.log(1 / HORIZON_FRACTION) / abs(math.log(factor))))
+
+
+def gradient_health(factor: float, window: int | None = None) -> str:
+    """A plain-language verdict on a per-step decay factor (thresholds: module docstring)."""
+    if not math.isfinite(factor) or factor <= 0:
+        return "not measured (no gradient-flow measurement)"
+    if factor < VANISHING_BELOW:
+        return (
+            f"vanishing: the gradient shrinks ~{factor:.2f}x per step, so dependencies longer "
+            f"than ~{horizon(factor)} steps are not learned"
+        )
+    if factor > EXPLODING_ABOVE:
+        return (
+            f"exploding: the gradient grows ~{factor:.2f}x per step (100x within "
+            f"~{horizon(factor)} steps); clip by norm or lower the learning rate"
+        )
+    verdict = f"healthy: ~{factor:.2f}x per step"
+    if window and (factor >= 1 or horizon(factor) > window):
+        verdict += f"; the window k2 = {window}, not the gradient, limits how far back it learns"
+    return verdict
+
+
+def health_table(results: SweepResults) -> pd.DataFrame:
+    """Per trial with a measured decay factor: the factor at its first and last evaluation, its
+    window k2 and the verdict on the last."""
+    evals = results.evals
+    if evals.empty or "decay_factor" not in evals:
+        return pd.DataFrame()
+    evals = evals.dropna(subset=["decay_factor"]).sort_values(["trial", "tokens"])
+    if evals.empty:
+        return pd.DataFrame()
+    factors = evals.groupby("trial")["decay_factor"].agg(["first", "last"])
+    window = results.steps.groupby("trial")["k2"].max() if "k2" in results.steps else None
+    frame = objectives(results).set_index("number").join(factors, how="inner")
+    frame["k2"] = frame.index.map(window) if window is not None else pd.NA
+    frame["verdict"] = [
+        gradient_health(f, None if pd.isna(k) else int(k))
+        for f, k in zip(frame["last"], frame["k2"], strict=True)
+    ]
+    frame = frame.reset_index().rename(columns={"number": "trial"})
+    columns = ["trial", "state", "objective", "first", "last", "k2", "verdict"]
+    return frame[columns].rename(columns=HEALTH_COLUMNS)
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def top_trials(results: SweepResults, n: int = TOP_N) -> pd.DataFrame:
+    """The ``n`` best complete trials: rank, trial, value, bits/char, parameters, tokens, time."""
+    best = ranked(results).head(n)
+    trials = results.trials.set_index("number").loc[best["number"]]
+    frame = pd.DataFrame({"rank": range(1, len(best) + 1), "trial": best["number"].to_numpy()})
+    frame["value (nats/char)"] = best["value"].to_numpy()
+    frame["bits/char"] = frame["value (nats/char)"] / math.log(2)
+    for key in results.params():
+        frame[key] = trials[f"param.{key}"].to_numpy()
+    frame["tokens"] = trials["tokens"].to_numpy()
+    frame["wall s"] = trials["wall_seconds"].to_numpy()
+    return frame
+
+
+def knob_effects(results: SweepResults) -> pd.DataFrame:
+    """One row per swept key: its type, the complete trials it was sampled in, its effect on the
+    objective (Spearman rank correlation, or the best and worst value's mean), the best trial's
+    value and Optuna's importance."""
+    try:
+        scores = param_importances(results)
+    except ValueError:
+        scores = {}
+    best = ranked(results)["number"]
+    rows = []
+    for key in results.params():
+        done = _complete_with(results, key)
+        best_value = (
+            done.loc[best.iloc[0], "x"] if len(best) and best.iloc[0] in done.index else None
+        )
+        rows.append(
+            {
+                "knob": key,
+                "type": "numeric" if _is_numeric(done["x"]) else "categorical",
+                "complete trials": len(done),
+                "effect": _effect(done, minimizes(results)),
+                "best trial's value": best_value,
+                "importance": scores.get(key),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _complete_with(results: SweepResults, key: str) -> pd.DataFrame:
+    # Complete trials in which `key` was sampled: x (its value) and y (the objective).
+    trials = results.trials.set_index("number")
+    done = trials[(trials["state"] == "complete") & trials["value"].notna()]
+    frame = pd.DataFrame({"x": done[f"param.{key}"], "y": done["value"]})
+    return frame.dropna(subset=["x"])
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def _effect(done: pd.DataFrame, minimize: bool) -> str:
+    if _is_numeric(done["x"]):
+        if len(done) < 3 or done["x"].nunique() < 2:
+            return f"too few complete trials to correlate ({len(done)})"
+        # Spearman: Pearson on ranks (no scipy needed).
+        rho = float(done["x"].astype(float).rank().corr(done["y"].rank()))
+        if not math.isfinite(rho):
+            return "the objective does not vary among complete trials"
+        better = "lower" if (rho > 0) == minimize else "higher"
+        strength = "no clear monotone effect" if abs(rho) < 0.3 else f"{better} values do better"
+        return f"Spearman rho = {rho:+.2f}: {strength}"
+    means = done.groupby(done["x"].astype(str))["y"].agg(["mean", "size"])
+    if len(means) < 2:
+        return "only one value among complete trials"
+    means = means.sort_values("mean", ascending=minimize)
+    best, worst = means.iloc[0], means.iloc[-1]
+    return (
+        f"best mean: {best.name} ({best['mean']:.4g}, n={best['size']:.0f}); "
+        f"worst: {worst.name} ({worst['mean']:.4g}, n={worst['size']:.0f})"
+    )
+
+
+def value_effects(results: SweepResults, key: str) -> pd.DataFrame:
+    """Per value of a categorical key: trials, how many completed, mean and best objective."""
+    trials = results.trials
+    values = trials[f"param.{key}"].astype("string")
+    minimize = minimizes(results)
+    frame = pd.DataFrame({"value": values, "state": trials["state"].astype(str)})
+    frame["objective"] = trials["value"]
+    grouped = frame.dropna(subset=["value"]).groupby("value")
+    table = pd.DataFrame(
+        {
+            "trials": grouped.size(),
+            "complete": grouped["state"].agg(lambda s: int((s == "complete").sum())),
+            "stopped or failed": grouped["state"].agg(lambda s: int((s != "complete").sum())),
+            "mean objective": grouped["objective"].mean(),
+            "best objective": grouped["objective"].agg("min" if minimize else "max"),
+        }
+    )
+    return table.reset_index().sort_values("mean objective", ascending=minimize)
+
+
+def stopped_trials(results: SweepResults) -> pd.DataFrame:
+    """Trials that did not complete: why (pruned, diverged, failed, running) and at which token."""
+    trials = results.trials
+    frame = trials[trials["state"].astype(str) != "complete"]
+    reason = frame["stop_reason"].astype("string")
+    diverged = reason.str.contains(r"^(?:diverged|non-finite)", regex=True, na=False)
+    state = frame["state"].astype(str)
+    last_val = objectives(results).set_index("number")["objective"]
+    return pd.DataFrame(
+        {
+            "trial": frame["number"],
+            "state": state,
+            "why": state.where(~diverged, "diverged").replace({"pruned": "pruned by the pruner"}),
+            "at token": frame["stopped_at"].fillna(frame["tokens"]),
+            "best val loss before the stop": frame["number"].map(last_val),
+            "reason": reason,
+        }
+    )
+
+
+# -- the document -------------------------------------------------------------------------
+
+
+class Document:
+    """Blocks rendered twice: Markdown (figures linked relative to ``base``) and HTML (figures
+    inline as base64). Every string is passed through ``mask_url`` on its way in.
+
+    Args:
+        base: the directory ``report.md`` is written to.
+
+    Example:
+        >>> doc = Document(out); doc.heading("Best"); doc.code("python -m tbptt.train ...")
+        >>> doc.markdown()
+    """
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._md: list[str] = []
+        self._html: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        text = mask_url(text)
+        self._md.append(f"{'#' * level} {text}")
+        self._html.append(f"<h{level}>{_inline(text)}</h{level}>")
+
+    def text(self, text: str) -> None:
+        text = mask_url(text)
+        self._md.append(text)
+        self._html.append(f"<p>{_inline(text)}</p>")
+
+    def bullets(self, items: Iterable[str]) -> None:
+        items = [mask_url(i) for i in items]
+        self._md.append("\n".join(f"- {i}" for i in items))
+        self._html.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+
+    def code(self, text: str) -> None:
+        text = mask_url(text)
+        self._md.append(f"```bash\n{text}\n```")
+        self._html.append(f"<pre><code>{html.escape(text)}</code></pre>")
+
+    def table(self, frame: pd.DataFrame) -> None:
+        cells = [[mask_url(_cell(v)) for v in row] for row in frame.itertuples(index=False)]
+        header = [str(c) for c in frame.columns]
+        self._md.append(_markdown_table(header, cells))
+        self._html.append(_html_table(header, cells))
+
+    def image(self, path: Path, caption: str) -> None:
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        self._md.append(f"![{caption}]({path.relative_to(self._base).as_posix()})")
+        self._html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def markdown(self) -> str:
+        return "\n\n".join(self._md) + "\n"
+
+    def html(self, title: str) -> str:
+        body = "\n".join(self._html)
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(mask_url(title))}</title><style>{_CSS}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n"
+        )
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .5em;"
+    "text-align:left}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;"
+    "padding:.8em;white-space:pre-wrap}figure{margin:1.5em 0}"
+)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+
+
+def _cell(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# -- sections -----------------------------------------------------------------------------
+
+
+def _summary(doc: Document, results: SweepResults) -> None:
+    states = results.trials["state"].astype(str).value_counts()
+    counts = ", ".join(f"{states[s]} {s}" for s in states.index if states[s])
+    direction = "minimized" if minimizes(results) else "maximized"
+    doc.heading(f"Sweep report: {results.path.name}", level=1)
+    doc.bullets(
+        [
+            f"directory: `{results.path}` ({results.kind})",
+            f"{len(results.trials)} trials: {counts or 'none'}",
+            f"objective: validation loss in nats/char, {direction}",
+            f"swept: {', '.join(f'`{k}`' for k in results.params()) or 'nothing'}",
+        ]
+    )
+
+
+def _best(doc: Document, results: SweepResults) -> None:
+    doc.heading("Best configuration")
+    best = _best_yaml(results.path)
+    top = ranked(results)
+    if best is None and top.empty:
+        doc.text("No trial completed, so there is no best configuration yet.")
+        return
+    if best is None:
+        number = int(top["number"].iloc[0])
+        row = results.trials.set_index("number").loc[number]
+        params = {k: row[f"param.{k}"] for k in results.params() if pd.notna(row[f"param.{k}"])}
+        overrides = row["overrides"] if pd.notna(row["overrides"]) else ""
+        best = {"trial": number, "value": float(row["value"]), "params": params}
+        best["command"] = f"python -m tbptt.train {overrides}".strip()
+    doc.text(
+        f"Trial **{best['trial']}** reached **{best['value']:.4g}** nats/char "
+        f"({best['value'] / math.log(2):.4g} bits/char). Reproduce it as a single run:"
+    )
+    doc.code(str(best["command"]))
+    params = best.get("params") or {}
+    if params:
+        doc.table(pd.DataFrame({"parameter": list(params), "value": list(params.values())}))
+    if best.get("storage"):
+        doc.text(f"Study `{best.get('study_name')}` in `{best['storage']}`.")
+
+
+def _best_yaml(sweep_dir: Path) -> dict | None:
+    path = sweep_dir / "best.yaml"
+    if not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text())
+    return doc if isinstance(doc, dict) and "command" in doc and "value" in doc else None
+
+
+def _top(doc: Document, results: SweepResults) -> None:
+    top = top_trials(results)
+    doc.heading(f"Top {TOP_N} trials")
+    if top.empty:
+        doc.text("No trial completed.")
+        return
+    doc.table(top)
+
+
+def _knobs(doc: Document, results: SweepResults) -> None:
+    doc.heading("What each knob did")
+    if not results.params():
+        doc.text("Nothing was swept.")
+        return
+    effects = knob_effects(results)
+    try:
+        param_importances(results)
+        note = "Importance: Optuna's PED-ANOVA on the complete trials (sums to 1)."
+    except ValueError as why:
+        note = f"No importances: {why}."
+    doc.text(
+        "Effect on the objective among complete trials: Spearman rank correlation for numeric "
+        f"knobs, mean objective per value for categorical ones. {note}"
+    )
+    doc.table(effects)
+    for key in effects.loc[effects["type"] == "categorical", "knob"]:
+        doc.heading(f"`{key}` by value", level=3)
+        doc.table(value_effects(results, key))
+
+
+def _stopped(doc: Document, results: SweepResults) -> None:
+    doc.heading("Stopped, diverged and failed trials")
+    stopped = stopped_trials(results)
+    if stopped.empty:
+        doc.text("Every trial completed its budget.")
+        return
+    counts = stopped["why"].value_counts()
+    doc.text(
+        "; ".join(f"{n} {why}" for why, n in counts.items())
+        + ". `at token`: the training tokens reached when the trial stopped."
+    )
+    doc.table(stopped)
+
+
+def _health(doc: Document, results: SweepResults) -> None:
+    doc.heading("Gradient health")
+    table = health_table(results)
+    if table.empty:
+        doc.text("No decay factor was measured (`trainer.grad_flow=false`, or no evaluation).")
+        return
+    verdicts = table["verdict"].str.split(":").str[0].value_counts()
+    doc.text(
+        "Per-step factor f of `||dL_t/dh_{t-j}|| ~ c * f^j` at the last evaluation: "
+        f"f < {VANISHING_BELOW} vanishing, f > {EXPLODING_ABOVE} exploding, else healthy. "
+        + ", ".join(f"{n} {v}" for v, n in verdicts.items())
+        + "."
+    )
+    doc.table(table)
+
+
+def _figures(doc: Document, results: SweepResults, figures: Path) -> None:
+    doc.heading("Figures")
+    for name, draw in PLOTS.items():
+        try:
+            path = draw(results, figures / f"{name}.png")
+        except ValueError as why:
+            doc.text(f"*{CAPTIONS[name]}*: not drawn: {why}.")
+            continue
+        doc.image(path, CAPTIONS[name])
+
+
+# -- entry points -------------------------------------------------------------------------
+
+
+def write_report(
+    results_or_path: SweepResults | str | Path, out_dir: str | Path | None = None
+) -> Path:
+    """Write ``report.md``, ``report.html`` and ``report/*.png`` into ``out_dir`` (default: the
+    sweep directory); return the path of ``report.md``."""
+    results = (
+        results_or_path if isinstance(results_or_path, SweepResults) else load(results_or_path)
+    )
+    out = Path(out_dir) if out_dir is not None else results.path
+    out.mkdir(parents=True, exist_ok=True)
+    doc = Document(out)
+    for section in (_summary, _best, _top, _knobs, _stopped, _health):
+        section(doc, results)
+    _figures(doc, results, out / "report")
+    (out / "report.html").write_text(doc.html(f"Sweep report: {results.path.name}"))
+    report = out / "report.md"
+    report.write_text(doc.markdown())
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.report",
+        description="Write report.md, report.html and report/*.png for a sweep directory.",
+    )
+    parser.add_argument("sweep_dir", help="a sweep or Hydra multirun directory")
+    parser.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dir, args.out)
+    except (ConfigError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {mask_url(first)}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Sweep directories written through Optuna's API, as the sweeper writes them, without training.
+
+``build_mixed_sweep`` writes one trial of every state; job directories hold small metric tables
+of the shape ``tbptt/trainer.py`` writes (32 tokens per update, an evaluation every 2 updates).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from sweeps.space import to_overrides
+from sweeps.storage import open_storage
+
+TOKENS_PER_UPDATE = 32
+EVAL_EVERY = 2  # updates
+K2 = 4  # grad_flow lags 0..K2
+LAYERS = ("embed", "rnn0", "decoder")
+FIXED = ["data=count", "trainer.max_tokens=1024"]
+SPACE: dict[str, BaseDistribution] = {
+    "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "clip": CategoricalDistribution(["none", "norm"]),
+    "clip.max_norm": FloatDistribution(0.1, 10.0, log=True),
+    "bptt.length": IntDistribution(4, 16),
+}
+
+
+def tables(updates: int, error_clip: bool = False) -> dict[str, pa.Table]:
+    """A run's steps / evals / grad_flow after ``updates`` updates."""
+    tokens = np.arange(1, updates + 1, dtype=np.int64) * TOKENS_PER_UPDATE
+    steps: dict[str, Any] = {
+        "tokens": tokens, "update": np.arange(1, updates + 1, dtype=np.int64),
+        "loss": np.linspace(3.0, 1.0, updates), "grad_norm": np.full(updates, 2.0),
+        "grad_norm_clipped": np.full(updates, 1.0), "clipped": np.ones(updates, bool),
+        "lr": np.full(updates, 1e-3), "k1": np.full(updates, 8), "k2": np.full(updates, 8),
+        "hidden_norm": np.full(updates, 0.5),
+    }  # fmt: skip
+    steps.update({f"grad_norm_{layer}": np.full(updates, 0.7) for layer in LAYERS})
+    if error_clip:
+        steps.update(error_clipped=np.zeros(updates, np.int64), error_max=np.full(updates, 0.1),
+                     error_mean=np.full(updates, 0.01))  # fmt: skip
+    steps["elapsed_s"] = np.linspace(0.1, 1.0, updates)
+    at = tokens[EVAL_EVERY - 1 :: EVAL_EVERY]
+    evals = {"tokens": at, "val_loss": np.linspace(2.0, 1.5, len(at)), "val_bpc": np.ones(len(at)),
+             "decay_factor": np.full(len(at), 0.9), "elapsed_s": np.ones(len(at))}  # fmt: skip
+    flow = {"tokens": np.repeat(at, K2 + 1), "lag": np.tile(np.arange(K2 + 1), len(at)),
+            "grad_norm": np.ones(len(at) * (K2 + 1)),
+            "decay_factor": np.full(len(at) * (K2 + 1), 0.9)}  # fmt: skip
+    return {"steps": pa.table(steps), "evals": pa.table(evals), "grad_flow": pa.table(flow)}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def write_job(job_dir: Path, files: Mapping[str, bytes], result: dict[str, Any] | None) -> None:
+    """A job directory as a run leaves it: tables written so far, result.json once it ended."""
+    (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if data:  # the trainer writes no file for a table without rows
+            (job_dir / f"{name}.parquet").write_bytes(data)
+    if result is not None:
+        (job_dir / "result.json").write_text(json.dumps(result))
+
+
+def job_files(updates: int, error_clip: bool = False) -> dict[str, bytes]:
+    return {
+        name: parquet_bytes(t) if t.num_rows else b""
+        for name, t in tables(updates, error_clip).items()
+    }
+
+
+def create_study(sweep_dir: Path, name: str = "tbptt") -> optuna.Study:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(None, sweep_dir)
+    return optuna.create_study(study_name=name, storage=storage, direction="minimize")
+
+
+def start(study: optuna.Study, params: dict[str, Any]) -> optuna.Trial:
+    """Ask for a trial with ``params``, as the sweeper does (define-by-run, overrides attr)."""
+    study.enqueue_trial(params)
+    trial = study.ask()
+    for key, value in params.items():
+        assert trial._suggest(key, SPACE[key]) == value
+    trial.set_user_attr("overrides", [*FIXED, *to_overrides(params)])
+    trial.set_user_attr("worker", "host:1")
+    return trial
+
+
+def finish(
+    study: optuna.Study, trial: optuna.Trial, job_dir: Path, state: TrialState, **attrs: Any
+) -> None:
+    """Record the outcome as ``sweeps.worker.tell`` does."""
+    trial.set_user_attr("job_dir", str(job_dir))
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    if state == TrialState.COMPLETE:
+        study.tell(trial, 1.25)
+    else:
+        study.tell(trial, state=state)
+
+
+def build_mixed_sweep(sweep_dir: Path) -> optuna.Study:
+    """Trials 0..5: complete, pruned, pruned (diverged), fail, running, waiting (a retry)."""
+    study = create_study(sweep_dir)
+    t = start(study, {"optim.lr": 1e-3, "clip": "norm", "clip.max_norm": 1.0, "bptt.length": 8})
+    write_job(
+        sweep_dir / "0",
+        job_files(6, error_clip=True),
+        {"completed": True, "stop_reason": None, "tokens": 192, "wall_seconds": 1.5},
+    )
+    finish(study, t, sweep_dir / "0", TrialState.COMPLETE, tokens=192, wall_seconds=1.5)
+
+    t = start(study, {"optim.lr": 3e-2, "clip": "none", "bptt.length": 4})
+    t.report(2.0, 64)
+    t.report(1.9, 128)
+    write_job(
+        sweep_dir / "1",
+        job_files(4),
+        {"completed": False, "tokens": 128, "stop_reason": "pruned at token 128"},
+    )
+    finish(
+        study, t, sweep_dir / "1", TrialState.PRUNED, tokens=128, stop_reason="pruned at token 128"
+    )
+
+    t = start(study, {"optim.lr": 1e-1, "clip": "norm", "clip.max_norm": 5.0, "bptt.length": 16})
+    reason = "diverged at token 64: training loss 9.000 > 3.0 x best 2.000"
+    write_job(
+        sweep_dir / "2", job_files(2), {"completed": False, "tokens": 64, "stop_reason": reason}
+    )
+    finish(study, t, sweep_dir / "2", TrialState.PRUNED, tokens=64, stop_reason=reason)
+
+    t = start(study, {"optim.lr": 2e-4, "clip": "none", "bptt.length": 8})
+    write_job(sweep_dir / "3", job_files(1), None)  # crashed before its first evaluation
+    finish(study, t, sweep_dir / "3", TrialState.FAIL, fail_reason="ValueError: boom")
+
+    t = start(study, {"optim.lr": 5e-3, "clip": "norm", "clip.max_norm": 0.5, "bptt.length": 12})
+    t.report(1.8, 64)
+    write_job(sweep_dir / "4", job_files(3), None)  # running: no job_dir attr until it ends
+
+    study.enqueue_trial({"optim.lr": 2e-4, "clip": "none", "bptt.length": 8},
+                        user_attrs={"retry_of": 3})  # fmt: skip
+    return study
+
+
+def build_large_sweep(sweep_dir: Path, n: int) -> None:
+    """``n`` finished trials, added in one call; every job has the same small tables."""
+    study = create_study(sweep_dir)
+    files = job_files(8)
+    trials = []
+    for number in range(n):
+        params = {"optim.lr": 10 ** -(1 + 3 * number / n), "clip": ("none", "norm")[number % 2],
+                  "bptt.length": 4 + number % 13}  # fmt: skip
+        write_job(sweep_dir / str(number), files, {"completed": True, "tokens": 256})
+        attrs = {"job_dir": str(sweep_dir / str(number)), "tokens": 256, "wall_seconds": 2.0,
+                 "overrides": to_overrides(params), "worker": "host:1"}  # fmt: skip
+        trials.append(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: SPACE[k] for k in params},
+                value=1.0 + number,
+                user_attrs=attrs,
+                intermediate_values={64: 2.0, 128: 1.9},
+            )  # fmt: skip
+        )
+    study.add_trials(trials)
