@@ -139,6 +139,7 @@ class SweeperConfig:
     timeout: float | None = None  # stop starting trials after this many seconds
     heartbeat_interval: float = 5.0
     grace_period: float = 30.0  # a RUNNING trial without heartbeat for this long is stale
+    storage_patience: float = 60.0  # seconds to wait out an unreachable storage server
     params: dict[str, str] = field(default_factory=dict)
 
 

@@ -120,6 +120,10 @@ class WorkerPool:
     def free_slots(self) -> list[int]:
         return [slot for slot, job in enumerate(self._jobs) if job is None]
 
+    def jobs(self) -> list[Any]:
+        """The jobs running now."""
+        return [job for job in self._jobs if job is not None]
+
     def busy(self) -> int:
         return self.size - len(self.free_slots())
 

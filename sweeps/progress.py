@@ -41,8 +41,13 @@ class Progress:
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
         self._started = time.monotonic()
-        self._bar = tqdm(total=total, file=self._stream, unit="trial", dynamic_ncols=True)
-        self._bar.disable = not self._stream.isatty()
+        self._bar = tqdm(
+            total=total,
+            file=self._stream,
+            unit="trial",
+            dynamic_ncols=True,
+            disable=not self._stream.isatty(),
+        )
 
     def summary(self, study: optuna.Study) -> str:
         c = counts(study)

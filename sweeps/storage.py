@@ -11,6 +11,7 @@ A RUNNING trial whose heartbeat is older than the grace period belongs to a dead
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
@@ -24,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tbptt.errors import ConfigError
 
+log = logging.getLogger(__name__)
 HEARTBEAT = "sweeps:heartbeat"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 _PASSWORD = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)", re.I)
@@ -38,8 +40,12 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
 
 
-def open_storage(url: str | None, sweep_dir: Path) -> BaseStorage:
-    """An Optuna storage for ``url`` (None: ``sweep_dir/study.journal``); fails fast, masked."""
+def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> BaseStorage:
+    """An Optuna storage for ``url`` (None: ``sweep_dir/study.journal``); fails fast, masked.
+
+    Server storages are wrapped in ``RetryingStorage``: once opened, brief outages are waited
+    out for up to ``patience`` seconds per call.
+    """
     if url is None or url.endswith(".journal"):
         path = sweep_dir / "study.journal" if url is None else Path(url)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -51,17 +57,85 @@ def open_storage(url: str | None, sweep_dir: Path) -> BaseStorage:
         )
     try:
         if scheme == "redis":
-            return JournalStorage(JournalRedisBackend(url))
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            storage: BaseStorage = JournalStorage(JournalRedisBackend(url))
+        else:
+            storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as err:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
             f"hydra.sweeper.storage: cannot open {mask_url(url)}: {mask_url(first)}"
         ) from None
+    return RetryingStorage(storage, mask_url(url), patience)  # type: ignore[return-value]
+
+
+class StorageUnavailable(RuntimeError):
+    """The storage server stayed unreachable for longer than the sweep is willing to wait."""
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    errors: list[type[BaseException]] = [
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError,
+        ConnectionError,
+    ]
+    try:
+        import redis.exceptions
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class RetryingStorage:
+    """Delegates to an Optuna storage; a call that fails because its server is unreachable
+    (restarting, network blip) is retried with exponential backoff, up to ``patience`` seconds.
+
+    Args:
+        storage: the storage to wrap (RDB or Redis journal).
+        name: how to name it in messages, password masked.
+        patience: seconds to keep retrying one call before raising ``StorageUnavailable``.
+
+    Example:
+        >>> storage = RetryingStorage(RDBStorage(url), mask_url(url), patience=60)
+    """
+
+    def __init__(self, storage: BaseStorage, name: str, patience: float = 60.0) -> None:
+        self._storage, self._name, self._patience = storage, name, patience
+        self._transient = _transient_errors()
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._storage, attr)
+        if not callable(value):
+            return value
+        return lambda *args, **kwargs: self._call(value, args, kwargs)
+
+    def _call(self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        delay, deadline = 0.5, time.monotonic() + self._patience
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except self._transient as err:
+                if time.monotonic() + delay > deadline:
+                    root = err.__cause__ or err  # Optuna wraps the driver's error
+                    first = mask_url(str(root).strip().splitlines()[0]) if str(root) else ""
+                    raise StorageUnavailable(
+                        f"hydra.sweeper.storage: {self._name} unreachable for "
+                        f"{self._patience:.0f} s ({type(root).__name__}: {first})"
+                    ) from None
+                log.warning("storage %s unreachable; retrying in %.1f s", self._name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
 
 def beat(storage: BaseStorage, trial_id: int) -> None:
-    storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+    try:
+        storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # its worker has just told the outcome; the sweep has not collected it yet
 
 
 def last_beat(trial: FrozenTrial) -> float:

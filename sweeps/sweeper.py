@@ -32,7 +32,15 @@ from sweeps.outputs import SweepOutputs
 from sweeps.pool import Died, Finished, WorkerPool
 from sweeps.progress import Progress, best_text
 from sweeps.space import SearchSpace, check_keys, parse_space, sample, to_overrides
-from sweeps.storage import SweepLock, fail_trial, open_storage, retry, stale_trials
+from sweeps.storage import (
+    StorageUnavailable,
+    SweepLock,
+    beat,
+    fail_trial,
+    open_storage,
+    retry,
+    stale_trials,
+)
 from sweeps.worker import StudyRef, TrialJob, TrialOutcome, TrialRunner
 from tbptt.errors import ConfigError
 from tbptt.train import typed
@@ -51,7 +59,9 @@ class Settings:
     max_failures: int | None
     max_retries: int
     timeout: float | None
+    heartbeat_interval: float
     grace_period: float
+    shared: bool  # the storage may hold other processes' trials (not the default journal)
 
 
 def default_jobs(device: str, gpus: int, cpus: int) -> int:
@@ -113,7 +123,7 @@ class OptunaSweeper(Sweeper):
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        except SweepError as err:
+        except (SweepError, StorageUnavailable) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt:
@@ -150,7 +160,7 @@ class OptunaSweeper(Sweeper):
 
     def _study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = open_storage(self.cfg.storage, sweep_dir)
+        storage = open_storage(self.cfg.storage, sweep_dir, float(self.cfg.storage_patience))
         return optuna.create_study(
             study_name=self.cfg.study_name,
             storage=storage,
@@ -166,12 +176,8 @@ class OptunaSweeper(Sweeper):
         return instantiate(self.cfg.sampler)
 
     def _recover(self, study: optuna.Study, all_running: bool) -> None:
-        """Trials left RUNNING by a killed sweep: FAIL, then re-enqueue their parameters."""
         grace = -1.0 if all_running else float(self.cfg.grace_period)
-        for trial in stale_trials(study, grace):
-            if fail_trial(study, trial, "its sweep process stopped while it ran"):
-                retry(study, trial, int(self.cfg.max_retries))
-                log.warning("trial %d was left running: marked FAIL and retried", trial.number)
+        recover(study, grace, int(self.cfg.max_retries))
 
     def _device(self) -> str:
         assert self.config is not None
@@ -182,18 +188,20 @@ class OptunaSweeper(Sweeper):
         n_jobs = self.cfg.n_jobs or default_jobs(device, gpu_count(), os.cpu_count() or 1)
         return Settings(
             int(self.cfg.n_trials), int(n_jobs), self.cfg.max_failures,
-            int(self.cfg.max_retries), self.cfg.timeout, float(self.cfg.grace_period),
+            int(self.cfg.max_retries), self.cfg.timeout, float(self.cfg.heartbeat_interval),
+            float(self.cfg.grace_period), self.cfg.storage is not None,
         )  # fmt: skip
 
     def _runner(self, sweep_dir: Path) -> TrialRunner:
         assert self.hydra_context and self.config and self.task_function
+        cfg = self.cfg
         ref = StudyRef(
-            self.cfg.study_name, self.cfg.storage, str(sweep_dir),
-            OmegaConf.to_container(self.cfg.pruner),  # type: ignore[arg-type]
+            cfg.study_name, cfg.storage, str(sweep_dir), float(cfg.storage_patience),
+            OmegaConf.to_container(cfg.pruner),  # type: ignore[arg-type]
         )  # fmt: skip
         return TrialRunner(
             self.hydra_context, self.config, self.task_function, Singleton.get_state(), ref,
-            int(self.cfg.threads_per_worker), float(self.cfg.heartbeat_interval),
+            int(self.cfg.threads_per_worker),
         )  # fmt: skip
 
     def _run(
@@ -250,6 +258,14 @@ def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
     return grid
 
 
+def recover(study: optuna.Study, grace_period: float, max_retries: int) -> None:
+    """Trials left RUNNING by a dead sweep process: FAIL, then re-enqueue their parameters."""
+    for trial in stale_trials(study, grace_period):
+        if fail_trial(study, trial, "its sweep process stopped while it ran"):
+            retry(study, trial, max_retries)
+            log.warning("trial %d was left running: marked FAIL and retried", trial.number)
+
+
 def counted(trials: list[FrozenTrial]) -> int:
     """Trials that count towards ``n_trials``: all, except failures that were retried."""
     retried = {t.user_attrs.get("retried_trial") for t in trials}
@@ -273,10 +289,12 @@ class Scheduler:
         self.failures: list[str] = []
         self.started = time.monotonic()
         self.progress = Progress(settings.n_trials)
+        self.last_beat = self.last_recovery = 0.0
 
     def run(self) -> None:
         self.progress.start(self.study, self._done())
         while True:
+            self._keep_alive()
             if self._may_start():
                 self._fill()
             if self.pool.busy() == 0:
@@ -289,6 +307,21 @@ class Scheduler:
                 f"stopped after {len(self.failures)} failed trials (hydra.sweeper.max_failures="
                 f"{self.settings.max_failures}); last: {self.failures[-1]}"
             )
+
+    def _keep_alive(self) -> None:
+        """Heartbeats of this sweep's running trials; in shared storage, fail abandoned ones.
+
+        The sweep process beats for its workers: they live and die with it (a worker that dies
+        alone is seen at once through its process sentinel).
+        """
+        now = time.monotonic()
+        if now - self.last_beat >= self.settings.heartbeat_interval:
+            for job in self.pool.jobs():
+                beat(self.study._storage, job.trial_id)
+            self.last_beat = now
+        if self.settings.shared and now - self.last_recovery >= self.settings.grace_period / 2:
+            recover(self.study, self.settings.grace_period, self.settings.max_retries)
+            self.last_recovery = now
 
     def _done(self) -> int:
         return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
@@ -314,6 +347,7 @@ class Scheduler:
 
     def _next_job(self) -> TrialJob | None:
         trial = self.study.ask()
+        beat(self.study._storage, trial._trial_id)
         values = sample(trial, self.space, self.compose)
         overrides = [*self.space.fixed, *to_overrides(values)]
         trial.set_user_attr("overrides", overrides)

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
-from sweeps.storage import beat, open_storage
+from sweeps.storage import open_storage
 from tbptt import hooks
 from tbptt.trainer import StopRun
 
@@ -60,33 +59,12 @@ class PruningReporter:
             raise StopRun(f"pruned at token {tokens}")
 
 
-class Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds while the job runs."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            beat(self._storage, self._trial_id)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass
 class StudyRef:
     study_name: str
     storage: str | None
     sweep_dir: str
+    patience: float
     pruner: dict[str, Any]
 
 
@@ -100,7 +78,6 @@ class TrialRunner:
     singleton_state: dict[Any, Any]
     study_ref: StudyRef
     threads: int
-    heartbeat_interval: float
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
 
     def _setup(self) -> optuna.Study:
@@ -112,7 +89,7 @@ class TrialRunner:
 
             torch.set_num_threads(self.threads)
             ref = self.study_ref
-            storage = open_storage(ref.storage, Path(ref.sweep_dir))
+            storage = open_storage(ref.storage, Path(ref.sweep_dir), ref.patience)
             pruner = instantiate(ref.pruner)
             self._study = optuna.load_study(
                 study_name=ref.study_name, storage=storage, pruner=pruner
@@ -124,8 +101,7 @@ class TrialRunner:
         trial = optuna.Trial(study, job.trial_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = PruningReporter(trial)
-        with Heartbeat(study._storage, job.trial_id, self.heartbeat_interval):
-            ret, job_dir = self._run_job(job, reporter)
+        ret, job_dir = self._run_job(job, reporter)
         outcome = classify(job.number, ret, reporter, job_dir)
         tell(study, trial, outcome, job_dir)
         return outcome

@@ -340,9 +340,13 @@ class Trainer:
         self.model.eval()
         val = self.corpus.val
         lags = min(self.schedule.nominal.k2, val.size(0) - 2)
+        if lags < 1:
+            return []  # a validation split too short to unroll
         warm = min(self.budget.eval_length, val.size(0) - lags - 2)
-        with torch.no_grad():
-            _, hidden = self.model(val[:warm], self.model.init_hidden(val.size(1)))
+        hidden = self.model.init_hidden(val.size(1))
+        if warm > 0:
+            with torch.no_grad():
+                _, hidden = self.model(val[:warm], hidden)
         x = val[warm : warm + lags + 1]
         return gradient_flow(self.model, x, val[warm + 1 : warm + lags + 2], hidden)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -12,7 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweeps.sweeper import counted
 from tests.conftest import ROOT
+from tests.sweeps.tcp_proxy import TcpProxy
 
 URL = os.environ.get("TBPTT_TEST_POSTGRES_URL")
 TOY = ROOT / "tests" / "sweeps" / "toy_app.py"
@@ -23,15 +27,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def start(sweep_dir: Path, study: str) -> subprocess.Popen[str]:
+def start(
+    sweep_dir: Path, study: str, *extra: str, url: str | None = URL
+) -> subprocess.Popen[str]:
     args = [
         sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", "x=interval(-1,1)", "sleep=0.3",
-        f"hydra.sweeper.storage={URL}", f"hydra.sweeper.study_name={study}",
+        f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study}",
         "hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep_dir}",
+        *extra,
     ]  # fmt: skip
-    return subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    pipe = subprocess.PIPE
+    return subprocess.Popen(args, cwd=ROOT, stdout=pipe, stderr=pipe, text=True)
+
+
+def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=study_name, storage=URL).get_trials()
+    finally:
+        optuna.delete_study(study_name=study_name, storage=URL)
+
+
+def check_whole(trials: list[optuna.trial.FrozenTrial], total: int, processes: int) -> None:
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert total <= counted(trials) <= total + processes - 1  # each checks the total, then asks
+    assert all(t.state.is_finished() for t in trials)  # none lost in RUNNING
+    ran = Counter(t.user_attrs["job_dir"] for t in trials if "job_dir" in t.user_attrs)
+    assert all(count == 1 for count in ran.values())  # no trial ran twice
 
 
 def test_three_processes_share_one_study_without_losing_or_duplicating(tmp_path):
@@ -40,10 +61,7 @@ def test_three_processes_share_one_study_without_losing_or_duplicating(tmp_path)
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
-    try:
-        trials = optuna.load_study(study_name=study_name, storage=URL).get_trials()
-    finally:
-        optuna.delete_study(study_name=study_name, storage=URL)
+    trials = trials_of(study_name)
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))
     # Each process checks the total before it asks: at most one extra trial per other process.
@@ -53,3 +71,60 @@ def test_three_processes_share_one_study_without_losing_or_duplicating(tmp_path)
     assert all(count == 1 for count in job_dirs.values())  # every trial ran exactly once
     machines = {Path(t.user_attrs["job_dir"]).parent.name for t in trials}
     assert len(machines) == 3  # all three processes took trials
+
+
+def test_a_sweep_process_killed_mid_trial_is_covered_by_the_others(tmp_path):
+    study_name = f"killed-{uuid.uuid4().hex[:8]}"
+    fast = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3", "sleep=1.0")
+    procs = [start(tmp_path / f"m{i}", study_name, *fast) for i in range(3)]
+    while not list((tmp_path / "m0").glob("*/.hydra")):
+        time.sleep(0.1)
+    time.sleep(0.3)
+    procs[0].send_signal(signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the database
+    for proc in procs[1:]:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    trials = trials_of(study_name)
+    abandoned = [t for t in trials if t.user_attrs.get("fail_reason", "").startswith("its sweep")]
+    assert len(abandoned) >= 1
+    retried = {t.user_attrs.get("retried_trial") for t in trials}
+    assert all(t.number in retried for t in abandoned)
+    check_whole(trials, 12, 3)
+
+
+def test_a_briefly_unreachable_database_is_waited_out(tmp_path):
+    study_name = f"outage-{uuid.uuid4().hex[:8]}"
+    with TcpProxy(("127.0.0.1", 5432)) as proxy:
+        url = f"postgresql://postgres:secret@127.0.0.1:{proxy.port}/test"
+        procs = [start(tmp_path / f"m{i}", study_name, url=url) for i in range(2)]
+        while not list(tmp_path.glob("m*/*/.hydra")):
+            time.sleep(0.1)
+        proxy.cut()
+        time.sleep(4)
+        proxy.restore()
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-2000:]
+        logs = "".join(out + err for out, err in outputs)
+        assert "unreachable; retrying" in logs and "secret" not in logs
+        written = [p.read_text() for p in tmp_path.glob("m*/best.yaml")]
+        assert written and not any("secret" in text for text in written)
+        assert all("postgres:***@" in text for text in written)
+    check_whole(trials_of(study_name), 12, 2)
+
+
+def test_a_database_gone_for_good_stops_the_sweep_with_a_clear_message(tmp_path):
+    study_name = f"gone-{uuid.uuid4().hex[:8]}"
+    with TcpProxy(("127.0.0.1", 5432)) as proxy:
+        url = f"postgresql://postgres:secret@127.0.0.1:{proxy.port}/test"
+        proc = start(tmp_path, study_name, "hydra.sweeper.storage_patience=3", url=url)
+        while not list(tmp_path.glob("*/.hydra")):
+            time.sleep(0.1)
+        proxy.cut()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "secret" not in out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: hydra.sweeper.storage: postgresql://postgres:***@127.0.0.1")
+    assert "unreachable for 3 s" in last and "secret" not in err
+    trials = trials_of(study_name)
+    assert trials  # what was recorded before the outage is still there

@@ -153,3 +153,14 @@ def test_divergence_stops_an_absurd_learning_rate_but_not_a_sane_one(tiny_cfg, t
     assert absurd.stop_reason.startswith("diverged at token 1024")
     sane = build_trainer(tiny_cfg(*common, "optim.lr=3e-3"), tmp_path / "sane", []).fit()
     assert sane.completed and sane.tokens >= 4096
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_cfg, tmp_path):
+    overrides = ("bptt=random", "bptt.length=8", "model.dropout=0.1", "model.layers=2")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:
+        build_trainer(tiny_cfg(*overrides), run_dir, []).fit()
+    for table in ("steps", "evals", "grad_flow"):
+        first, second = (pd.read_parquet(d / f"{table}.parquet") for d in runs)
+        drop = [c for c in first if c == "elapsed_s"]
+        pd.testing.assert_frame_equal(first.drop(columns=drop), second.drop(columns=drop))
