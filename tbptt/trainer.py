@@ -362,6 +362,12 @@ class Trainer:
             )  # fmt: skip
         return factor
 
+    def _val_diverged(self, loss: float) -> bool:
+        factor, best = self.divergence.factor, self.state.best_val_loss
+        if factor is None or not math.isfinite(best):
+            return False
+        return self.state.tokens >= self.divergence.warmup_tokens and loss > factor * best
+
     def _evaluate(self, started: float) -> None:
         loss = self.evaluate()
         factor = self._record_flow()
@@ -369,9 +375,7 @@ class Trainer:
         s.evals += 1
         s.last_eval_tokens = s.tokens
         s.last_val_loss = loss
-        diverged = math.isfinite(s.best_val_loss) and self.divergence.factor is not None
-        diverged = diverged and s.tokens >= self.divergence.warmup_tokens
-        diverged = diverged and loss > self.divergence.factor * s.best_val_loss  # type: ignore[operator]
+        diverged = self._val_diverged(loss)
         s.best_val_loss = min(s.best_val_loss, loss) if math.isfinite(loss) else s.best_val_loss
         s.elapsed = time.perf_counter() - started
         self.log.add(
