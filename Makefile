@@ -12,7 +12,7 @@ SWEEP ?= default
 SWEEP_DIR ?= multirun/$(SWEEP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-all lint sweep report dashboard clean
+.PHONY: help install data test test-all lint sweep report dashboard bench bench-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,12 @@ report: install ## Write report.md / report.html / report/*.png for SWEEP_DIR (m
 dashboard: install ## Open optuna-dashboard on the study of SWEEP (http://127.0.0.1:8080)
 	$(BIN)/optuna-dashboard $(SWEEP_DIR)/study.journal --storage-class JournalFileStorage \
 		--host 127.0.0.1 --port 8080
+
+bench: install ## Run the benchmark suite (~20 min): benchmarks/results/results.{csv,md}
+	$(PY) -m benchmarks.run --out benchmarks/results
+
+bench-smoke: install ## The benchmark suite at tiny sizes (< 1 min; the test suite runs it too)
+	$(PY) -m benchmarks.run --smoke --out benchmarks/results-smoke
 
 clean: ## Remove the virtualenv, data and outputs
 	rm -rf $(VENV) data outputs multirun

@@ -1,15 +1,21 @@
 """Hand-written PyTorch baselines, the yardsticks our Trainer is measured against.
 
-- :func:`fused_loop`: the minimal TBPTT loop with k1 = k2 (one fused 2-layer ``nn.LSTM`` call
-  per window, detach, backward, ``clip_grad_norm_``, Adam), as in PyTorch's
+Each is a generator: one ``next()`` makes one update, so that benchmarks can alternate single
+updates of two implementations and compare them under the same machine load.
+
+- :func:`fused_updates`: the minimal TBPTT loop with k1 = k2 (one fused 2-layer ``nn.LSTM``
+  call per window, detach, backward, ``clip_grad_norm_``, Adam), as in PyTorch's
   ``word_language_model`` example.
-- :func:`recompute_loop`: k1 < k2 by plain recomputation: each update reruns the fused LSTM
+- :func:`recompute_updates`: k1 < k2 by plain recomputation: each update reruns the fused LSTM
   over the last k2 steps from a stored state, loss on the last k1.
 - :class:`PerStepTBPTT`: the per-step implementation posted by albanD in the PyTorch forum
   thread "Implementing Truncated Backpropagation Through Time", extended to LSTM (h, c) states.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +37,7 @@ class FusedLM(nn.Module):
         self.lstm = nn.LSTM(spec.embed, spec.hidden, spec.layers)
         self.decoder = nn.Linear(spec.hidden, spec.vocab)
 
-    def init_state(self, batch: int) -> State:
+    def init_hidden(self, batch: int) -> State:
         h = torch.zeros(self.spec.layers, batch, self.spec.hidden)  # (L, B, H)
         return h, torch.zeros_like(h)
 
@@ -50,70 +56,58 @@ def detach(state: State) -> State:
     return state[0].detach(), state[1].detach()
 
 
-def _step(model: FusedLM, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip_grad_norm_(model.parameters(), MAX_NORM)
     optimizer.step()
 
 
-def fused_loop(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stream: torch.Tensor,
-    k: int,
-    updates: int,
-    state: State,
-) -> None:
-    """TBPTT(k, k) over ``stream`` (T, B) from ``state``: one model call per window.
+def fused_updates(
+    model: nn.Module, optimizer: torch.optim.Optimizer, stream: torch.Tensor, k: int
+) -> Iterator[None]:
+    """TBPTT(k, k) over ``stream`` (T, B): one model call per window, one update per ``next``.
 
-    ``model(x, state) -> (logits, state)``: a :class:`FusedLM`, or our ``CharRNN`` to tell the
-    model's layout apart from the trainer around it.
+    ``model`` is a :class:`FusedLM`, or our ``CharRNN`` (both ``model(x, state) -> (logits,
+    state)``), which tells the model's layout apart from the trainer around it.
     """
-    for u in range(updates):
-        i = u * k
+    state = model.init_hidden(stream.size(1))
+    for i in range(0, stream.size(0) - k, k):
         # Keep the state's values (context flows on) but cut the graph behind them, or every
         # backward pass would run through the whole stream so far.
         state = detach(state)
         logits, state = model(stream[i : i + k], state)  # (k, B, V)
-        _step(
-            model,
-            optimizer,
-            F.cross_entropy(logits.flatten(0, 1), stream[i + 1 : i + k + 1].flatten()),
-        )
+        targets = stream[i + 1 : i + k + 1]  # (k, B)
+        _step(model, optimizer, F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+        yield
 
 
 def _span(
-    model: FusedLM, stream: torch.Tensor, states: dict[int, State], start: int, cut: int, end: int
+    model: nn.Module, stream: torch.Tensor, states: dict[int, State], bounds: list[int]
 ) -> torch.Tensor:
-    """Fused calls over rows [start, end), storing the detached state at ``cut``."""
-    bounds = [start, cut, end] if start < cut < end else [start, end]
-    state, chunks = states[start], []
+    """Fused calls over rows [bounds[0], bounds[-1]), storing the detached state at each inner
+    bound: a later span starts there, and its backward must stop there."""
+    state, chunks = states[bounds[0]], []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         logits, state = model(stream[lo:hi], state)  # (hi - lo, B, V)
-        if hi == cut:
-            states[cut] = detach(state)  # the next span starts here, its backward stops here
+        states[hi] = detach(state)
         chunks.append(logits)
-    return torch.cat(chunks)  # (end - start, B, V)
+    return torch.cat(chunks)  # (span, B, V)
 
 
-def recompute_loop(
-    model: FusedLM,
-    optimizer: torch.optim.Optimizer,
-    stream: torch.Tensor,
-    k1: int,
-    k2: int,
-    updates: int,
-) -> None:
+def recompute_updates(
+    model: nn.Module, optimizer: torch.optim.Optimizer, stream: torch.Tensor, k1: int, k2: int
+) -> Iterator[None]:
     """TBPTT(k1, k2) by recomputation: rerun the last k2 steps from the state stored there."""
-    states = {0: model.init_state(stream.size(1))}
-    for u in range(updates):
-        end = (u + 1) * k1
+    states = {0: model.init_hidden(stream.size(1))}
+    for end in range(k1, stream.size(0) - 1, k1):
         start, cut = max(0, end - k2), max(0, end + k1 - k2)  # this span's and the next's start
-        logits = _span(model, stream, states, start, cut, end)
+        bounds = [start, cut, end] if start < cut < end else [start, end]
+        logits = _span(model, stream, states, bounds)
         targets = stream[end - k1 + 1 : end + 1]  # (k1, B)
         _step(model, optimizer, F.cross_entropy(logits[-k1:].flatten(0, 1), targets.flatten()))
         states = {cut: states[cut]}  # the only state a later span needs
+        yield
 
 
 class PerStepTBPTT:
@@ -137,10 +131,10 @@ class PerStepTBPTT:
     Args:
         model: the fused model, called on one step at a time.
         k1, k2: steps between updates, steps backpropagated.
-        optimizer: stepped after each update; None: gradients only.
+        optimizer: stepped after each update; None: gradients only (clipped, never applied).
 
     Example:
-        >>> PerStepTBPTT(model, 10, 40).train(stream, updates=5)
+        >>> for _ in islice(PerStepTBPTT(model, 10, 40).updates(stream), 5): pass
     """
 
     def __init__(
@@ -152,10 +146,10 @@ class PerStepTBPTT:
         self._retain = k1 < k2
         self._states: list[tuple[State | None, State]] = []
 
-    def train(self, stream: torch.Tensor, updates: int) -> None:
-        self._states = [(None, self._model.init_state(stream.size(1)))]
+    def updates(self, stream: torch.Tensor) -> Iterator[None]:
+        self._states = [(None, self._model.init_hidden(stream.size(1)))]
         outputs: list[torch.Tensor] = []
-        for j in range(updates * self._k1):
+        for j in range(stream.size(0) - 1):
             # A fresh leaf per step: its .grad is where the chained backward picks up.
             leaf = tuple(t.detach().requires_grad_() for t in self._states[-1][1])
             logits, new = self._model(stream[j : j + 1], leaf)  # (1, B, V)
@@ -166,6 +160,7 @@ class PerStepTBPTT:
                 targets = stream[j + 2 - self._k1 : j + 2]  # (k1, B)
                 self._update(torch.stack(outputs), targets)
                 outputs = []
+                yield
 
     def _update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # logits (k1, B, V)
@@ -187,11 +182,16 @@ class PerStepTBPTT:
             self._optimizer.step()
 
 
-def per_step_raises_inplace(spec: ModelSpec, stream: torch.Tensor, k1: int, k2: int) -> bool:
-    """Whether the per-step implementation fails once Adam steps between updates."""
-    model, optimizer = new_model(spec)
+def per_step_raises_inplace(
+    spec: ModelSpec, stream: torch.Tensor, k1: int, k2: int, optimizer: str = "adam"
+) -> bool:
+    """Whether the per-step implementation fails once ``optimizer`` (``adam``, or ``sgd0``:
+    SGD with lr=0, a step that changes no value) steps between two updates."""
+    model, adam = new_model(spec)
+    step = adam if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=0.0)
     try:
-        PerStepTBPTT(model, k1, k2, optimizer).train(stream, updates=max(2, -(-k2 // k1) + 1))
+        for _ in islice(PerStepTBPTT(model, k1, k2, step).updates(stream), 2):
+            pass
     except RuntimeError as err:
         if "modified by an inplace operation" in str(err):
             return True

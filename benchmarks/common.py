@@ -9,10 +9,14 @@ machine moves numerator and denominator together.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 @dataclass(frozen=True)
@@ -30,18 +34,20 @@ class Row:
 
 
 def summarize(benchmark: str, case: str, metric: str, values: Sequence[float], unit: str) -> Row:
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError(f"{benchmark}/{case}/{metric}: no values to summarize")
+    """Median, min and max over the finite values; ``repeats`` counts those (a target never
+    reached is NaN: a row with no finite value reads NaN, repeats 0)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return Row(benchmark, case, metric, math.nan, math.nan, math.nan, 0, unit)
     return Row(
-        benchmark, case, metric, statistics.median(values), min(values), max(values),
-        len(values), unit,
+        benchmark, case, metric, statistics.median(finite), min(finite), max(finite),
+        len(finite), unit,
     )  # fmt: skip
 
 
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
-    """Repeat-by-repeat ratios of two series measured side by side."""
-    return [a / b for a, b in zip(numerators, denominators, strict=True)]
+    """Repeat-by-repeat ratios of two series measured side by side (NaN over a zero)."""
+    return [a / b if b else math.nan for a, b in zip(numerators, denominators, strict=True)]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -51,14 +57,29 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleave(runs: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Call every run ``repeats`` times, alternating the order (A B, B A, ...) to cancel drift.
-
-    Each run returns its own measurement (seconds, or a rate); the lists come back per name.
-    """
-    names = list(runs)
-    out: dict[str, list[float]] = {name: [] for name in names}
+def alternating(names: Sequence[str], repeats: int) -> Iterator[tuple[int, str]]:
+    """(repeat, name) pairs, the order reversed every other repeat (A B, B A, ...): run-level
+    interleaving, so that a drift of the machine's speed cancels out of the comparison."""
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
-            out[name].append(runs[name]())
+            yield repeat, name
+
+
+def alternate(steps: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Seconds per arm over ``rounds`` calls each, alternating arms call by call (A B, B A, ...)
+    so that every arm runs under the same machine load to within a fraction of a second."""
+    total = dict.fromkeys(steps, 0.0)
+    for _, name in alternating(list(steps), rounds):
+        total[name] += timed(steps[name])
+    return total
+
+
+def blocks(
+    steps: Mapping[str, Callable[[], object]], rounds: int, repeats: int
+) -> dict[str, list[float]]:
+    """``repeats`` blocks of :func:`alternate`: per arm, its seconds in each block."""
+    out: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, seconds in alternate(steps, rounds).items():
+            out[name].append(seconds)
     return out

@@ -1,33 +1,40 @@
 """Benchmarks 1 and 2: trainer throughput at k1 = k2, and its distance from the physical limit.
 
 1. ``throughput``: characters per second of our ``Trainer`` (built from objects, grad flow off,
-   no checkpoints, metrics to a temp dir) against :func:`benchmarks.baselines.fused_loop`, the
-   minimal hand-written loop over one fused 2-layer ``nn.LSTM``, on the same data, batch,
-   window and number of updates. A third arm runs the same hand loop on our ``CharRNN`` (one
-   fused single-layer module per layer), which splits any gap into "the model's layout" and
-   "the trainer around it".
-2. ``limit``: the same runs as a fraction of R / (6 N_eff) characters per second, where R is
-   the single-thread float32 ``torch.mm`` rate over the model's own GEMM shapes, measured
-   between the training runs, and 6 N_eff the FLOPs per character of forward plus backward.
+   no checkpoints, metrics to a temp dir) against :func:`benchmarks.baselines.fused_updates`,
+   the minimal hand-written loop over one fused 2-layer ``nn.LSTM``, on the same data, batch
+   and window. A third arm runs the same hand loop on our ``CharRNN`` (one fused single-layer
+   module per layer), which splits any gap into "the model's layout" and "the trainer".
+2. ``limit``: the same runs as a fraction of R / (6 N_eff) characters per second, where 6 N_eff
+   is the FLOPs per character of forward plus backward and R the single-thread float32 matmul
+   rate over the model's own GEMM shapes: the faster of ``torch.mm`` (MKL) and oneDNN's linear
+   (the library of the fused CPU LSTM kernels), both timed in every block.
+
+The arms alternate update by update (ours, baseline, CharRNN loop, GEMM pass, then the reverse
+order), so each block of ``rounds`` updates compares them under the same machine load; each
+block is one repeat. Our ``Trainer.update`` is what ``fit()`` loops over; ``fit()`` adds one
+final evaluation and a Parquet flush per run (tens of ms, once per run).
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from benchmarks.baselines import fused_loop, new_model
-from benchmarks.common import Row, interleave, ratios, summarize, timed
+from benchmarks.baselines import fused_updates, new_model
+from benchmarks.common import Row, blocks, ratios, summarize
 from benchmarks.workloads import (
     BATCH,
     LR,
+    GemmPass,
     ModelSpec,
     gemm_shapes,
-    matmul_rate,
     our_trainer,
     rows_needed,
     synthetic_corpus,
@@ -37,13 +44,14 @@ from benchmarks.workloads import (
 @dataclass(frozen=True)
 class Settings:
     hidden: tuple[int, ...]  # one case per hidden size, 2 layers each
-    updates: tuple[int, ...]  # updates per run, per case (about 1-2 s per run in full mode)
+    rounds: tuple[int, ...]  # updates per arm per block, per case (a block: 1.5-5 s)
     window: int = 64  # k1 = k2
-    repeats: int = 7
+    repeats: int = 9  # blocks
 
 
-FULL = Settings(hidden=(128, 256, 512), updates=(32, 10, 3))
-SMOKE = Settings(hidden=(16,), updates=(3,), window=8, repeats=1)
+FULL = Settings(hidden=(128, 256, 512), rounds=(6, 3, 2))
+SMOKE = Settings(hidden=(16,), rounds=(2,), window=8, repeats=1)
+GEMM_BACKENDS = ("mm", "onednn") if torch.backends.mkldnn.is_available() else ("mm",)
 ARMS = {  # arm -> metric name
     "ours": "ours (Trainer)",
     "baseline": "baseline (hand loop, fused 2-layer LSTM)",
@@ -54,55 +62,66 @@ ARMS = {  # arm -> metric name
 def run(smoke: bool) -> list[Row]:
     settings = SMOKE if smoke else FULL
     rows: list[Row] = []
-    for hidden, updates in zip(settings.hidden, settings.updates, strict=True):
-        rows += _case(ModelSpec(hidden), settings.window, updates, settings.repeats)
+    for hidden, rounds in zip(settings.hidden, settings.rounds, strict=True):
+        rows += _case(ModelSpec(hidden), settings.window, rounds, settings.repeats)
     return rows
 
 
-def _runs(spec: ModelSpec, k: int, updates: int, workdir: Path) -> dict[str, Callable[[], float]]:
+def _steps(spec: ModelSpec, k: int, updates: int, workdir: Path) -> dict[str, Callable[[], None]]:
     corpus = synthetic_corpus(rows_needed(updates, k, k), window=k)
-
-    def ours() -> float:
-        return timed(our_trainer(corpus, spec, k, k, updates, workdir / "ours").fit)
-
-    def baseline() -> float:
-        model, optimizer = new_model(spec)
-        state = model.init_state(BATCH)
-        return timed(lambda: fused_loop(model, optimizer, corpus.train, k, updates, state))
-
-    def our_model() -> float:
-        model = our_trainer(corpus, spec, k, k, updates, workdir / "model").model
-        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-        state = model.init_hidden(BATCH)
-        return timed(lambda: fused_loop(model, optimizer, corpus.train, k, updates, state))
-
-    def gemm() -> float:
-        return matmul_rate(gemm_shapes(spec, BATCH, k))
-
-    return {"ours": ours, "baseline": baseline, "our_model": our_model, "gemm": gemm}
+    trainer = our_trainer(corpus, spec, k, k, updates, workdir)
+    model, optimizer = new_model(spec)
+    ours_model = our_trainer(corpus, spec, k, k, updates, workdir).model
+    ours_optimizer = torch.optim.Adam(ours_model.parameters(), lr=LR)
+    return {
+        "ours": partial(trainer.update, time.perf_counter()),
+        "baseline": partial(next, fused_updates(model, optimizer, corpus.train, k)),
+        "our_model": partial(next, fused_updates(ours_model, ours_optimizer, corpus.train, k)),
+        **{f"gemm_{b}": GemmPass(gemm_shapes(spec, BATCH, k), b) for b in GEMM_BACKENDS},
+    }
 
 
-def _case(spec: ModelSpec, k: int, updates: int, repeats: int) -> list[Row]:
+def _case(spec: ModelSpec, k: int, rounds: int, repeats: int) -> list[Row]:
+    warmup = 2
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
-        runs = _runs(spec, k, updates, Path(tmp))
-        interleave(runs, 1)  # warm-up: allocator, oneDNN primitives, page faults
-        measured = interleave(runs, repeats)
-    chars = updates * k * BATCH
-    rate = {arm: [chars / s for s in measured[arm]] for arm in ARMS}
-    limit = [r / (6 * spec.n_eff) for r in measured["gemm"]]  # chars/s if every FLOP ran at R
-    case = f"{spec.name} k1=k2={k} B={BATCH}"
+        steps = _steps(spec, k, rounds * repeats + warmup, Path(tmp))
+        blocks(steps, warmup, 1)  # allocator, oneDNN primitives, Adam state, page faults
+        seconds = blocks(steps, rounds, repeats)
+    chars = rounds * k * BATCH
+    rate = {arm: [chars / s for s in seconds[arm]] for arm in ARMS}
+    return _rows(
+        spec, f"{spec.name} k1=k2={k} B={BATCH}", rate, _matmul_rates(steps, seconds, rounds)
+    )
+
+
+def _rows(
+    spec: ModelSpec, case: str, rate: dict[str, list[float]], gemm: dict[str, list[float]]
+) -> list[Row]:
+    best = [max(values) for values in zip(*gemm.values(), strict=True)]  # R: the faster library
+    limit = [x / (6 * spec.n_eff) for x in best]  # chars/s if every FLOP ran at R
     rows = [summarize("throughput", case, ARMS[arm], rate[arm], "chars/s") for arm in ARMS]
+    for a, b in (("ours", "baseline"), ("ours", "our_model"), ("our_model", "baseline")):
+        metric = f"{ARMS[a].split(' (')[0]} / {ARMS[b].split(' (')[0]}"
+        rows.append(summarize("throughput", case, metric, ratios(rate[a], rate[b]), "ratio"))
+    rows.append(summarize("limit", case, "N_eff", [spec.n_eff], "weights"))
     rows += [
-        summarize("throughput", case, "ours / baseline", ratios(rate["ours"], rate["baseline"]),
-                  "ratio"),
-        summarize("throughput", case, "ours / hand loop on our CharRNN",
-                  ratios(rate["ours"], rate["our_model"]), "ratio"),
-        summarize("limit", case, "matmul rate R", [r / 1e9 for r in measured["gemm"]], "GFLOP/s"),
-        summarize("limit", case, "N_eff", [spec.n_eff], "weights"),
-    ]  # fmt: skip
-    rows += [
+        summarize("limit", case, f"matmul rate ({b})", [x / 1e9 for x in v], "GFLOP/s")
+        for b, v in gemm.items()
+    ]
+    return rows + [
         summarize("limit", case, f"{ARMS[arm]} / (R / 6 N_eff)", ratios(rate[arm], limit),
                   "fraction")
         for arm in ("ours", "baseline")
     ]  # fmt: skip
-    return rows
+
+
+def _matmul_rates(
+    steps: dict[str, Callable[[], None]], seconds: dict[str, list[float]], rounds: int
+) -> dict[str, list[float]]:
+    """FLOP/s per GEMM backend and block."""
+    rates = {}
+    for backend in GEMM_BACKENDS:
+        gemm = steps[f"gemm_{backend}"]
+        assert isinstance(gemm, GemmPass)
+        rates[backend] = [gemm.flops * rounds / s for s in seconds[f"gemm_{backend}"]]
+    return rates

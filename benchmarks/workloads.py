@@ -8,7 +8,6 @@ hand-written PyTorch loop (``benchmarks.baselines``), so that any difference is 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,20 +93,37 @@ def gemm_shapes(spec: ModelSpec, batch: int, window: int) -> list[tuple[int, int
     return shapes
 
 
-def matmul_rate(shapes: list[tuple[int, int, int, int]], min_seconds: float = 0.2) -> float:
-    """FLOP/s of ``torch.mm`` over ``shapes`` (the current thread setting), timed as a whole."""
-    operands = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n, _ in shapes]
-    counts = [count for *_, count in shapes]
-    flops = sum(2 * m * k * n * c for m, k, n, c in shapes)
+class GemmPass:
+    """One call runs each GEMM of ``shapes`` (m, k, n, count) once per count; ``flops`` is what
+    a call computes. Timing calls between training updates gives R, the matmul rate of the
+    model's own GEMM shapes under the same machine load.
 
-    def once() -> None:
-        for (a, b, out), count in zip(operands, counts, strict=True):
+    Args:
+        shapes: from :func:`gemm_shapes`.
+        backend: ``mm`` (``torch.mm``, MKL on this build) or ``onednn`` (oneDNN's linear on
+            oneDNN-layout tensors, the library behind the fused CPU LSTM kernels).
+
+    Example:
+        >>> gemm = GemmPass(gemm_shapes(ModelSpec(128), 32, 64)); gemm(); gemm.flops
+    """
+
+    def __init__(self, shapes: list[tuple[int, int, int, int]], backend: str = "mm") -> None:
+        if backend not in ("mm", "onednn"):
+            raise ValueError(f"backend must be 'mm' or 'onednn', got {backend!r}")
+        self._onednn = backend == "onednn"
+        self._operands = [self._operand(m, k, n) + (count,) for m, k, n, count in shapes]
+        self.flops = sum(2 * m * k * n * count for m, k, n, count in shapes)
+
+    def _operand(self, m: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        if self._onednn:
+            return x.to_mkldnn(), w.to_mkldnn()
+        return x, w.t(), torch.empty(m, n)
+
+    def __call__(self) -> None:
+        for *tensors, count in self._operands:
             for _ in range(count):
-                torch.mm(a, b, out=out)
-
-    once()  # warm-up: first-call dispatch and page faults
-    reps, start = 0, time.perf_counter()
-    while reps == 0 or time.perf_counter() - start < min_seconds:
-        once()
-        reps += 1
-    return flops * reps / (time.perf_counter() - start)
+                if self._onednn:
+                    torch._C._nn.mkldnn_linear(tensors[0], tensors[1], None)
+                else:
+                    torch.mm(tensors[0], tensors[1], out=tensors[2])
