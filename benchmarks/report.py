@@ -42,7 +42,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
 def number(x: float) -> str:
     if math.isnan(x):
         return "n/a"
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
 def markdown(rows: list[Row], info: dict[str, str], command: str) -> str:

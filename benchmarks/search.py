@@ -51,7 +51,10 @@ class Settings:
     max_tokens: int = 600_000
     eval_every: int = 100_000
     jobs: int = 2
-    targets: tuple[float, ...] = (1.90, 1.88)  # validation losses, nats per character
+    # Validation losses, nats/char: 1.90 is reached by one of TPE's random startup trials (the
+    # same in every variant); 1.885 lies between the best losses that calibration runs reached
+    # within the budget with ASHA (1.883) and without pruning (1.892).
+    targets: tuple[float, ...] = (1.90, 1.885)
     extra: tuple[tuple[str, Any], ...] = ()  # overrides that win (the smoke run's tiny sizes)
     repeats: int = 2
 

@@ -46,7 +46,7 @@ class Settings:
     hidden: tuple[int, ...]  # one case per hidden size, 2 layers each
     rounds: tuple[int, ...]  # updates per arm per block, per case (a block: 1.5-5 s)
     window: int = 64  # k1 = k2
-    repeats: int = 9  # blocks
+    repeats: int = 15  # blocks
 
 
 FULL = Settings(hidden=(128, 256, 512), rounds=(6, 3, 2))
