@@ -73,7 +73,9 @@ def our_trainer(
     torch.manual_seed(0)
     model = CharRNN(spec.vocab, "lstm", spec.embed, spec.hidden, spec.layers)
     tokens = updates * k1 * corpus.train.size(1)
-    budget = Budget(tokens, tokens + 1, EVAL_BATCH * k2, k2)
+    budget = Budget(
+        eval_every=tokens + 1, eval_max_tokens=EVAL_BATCH * k2, eval_length=k2, max_tokens=tokens
+    )
     return Trainer(
         model, torch.optim.Adam(model.parameters(), lr=LR), NormClip(MAX_NORM),
         FixedSchedule(k1, k2), corpus, budget, MetricsLog(run_dir),

@@ -9,15 +9,18 @@ with ``OmegaConf.to_object``: bad values fail before any compute, naming the key
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from tbptt.clipping import Clipper, ErrorClip, NoClip, NormClip, ValueClip
-from tbptt.data import count_text, delayed_recall_text, read_text
+from tbptt.data import Corpus, build_corpus, count_text, delayed_recall_text, read_text
 from tbptt.errors import ConfigError
 from tbptt.model import CELLS
 from tbptt.schedule import FixedSchedule, RandomSchedule, Schedule, UniformSchedule
+from tbptt.trainer import Budget
 
 
 def check(ok: bool, message: str) -> None:
@@ -44,7 +47,10 @@ class ModelConfig:
 class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 16
-    val_fraction: float = 0.1
+    # The corpus ends with the validation split, then the test split (held out: training and
+    # sweeps never read it; `python -m tbptt.evaluate` does).
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
@@ -56,6 +62,32 @@ class DataConfig:
             0 < self.val_fraction < 1,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
         )
+        check(
+            0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+            "data.test_fraction must be in [0, 1) and leave a training split, got "
+            f"data.val_fraction={self.val_fraction} + data.test_fraction={self.test_fraction}",
+        )
+
+    def corpus(self, window: int) -> Corpus:
+        """Read (or generate) the text and split and batch it; ``window``: the longest BPTT
+        span the trainer will ask for."""
+        text, source = self.load_text()
+        return build_corpus(
+            text,
+            source=source,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            window=window,
+        )
+
+    def load_text(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild this corpus's splits (see corpus_from_meta)."""
+        return {"kind": type(self).__name__, **asdict(self)}
 
 
 @dataclass
@@ -64,6 +96,9 @@ class FileDataConfig(DataConfig):
 
     def load_text(self) -> tuple[str, str]:
         return read_text(self.path, key="data.path"), f"data.path={self.path}"
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "path": str(Path(self.path).expanduser().resolve())}
 
 
 @dataclass
@@ -269,10 +304,16 @@ class ValueClipConfig(ClipConfig):
 
 @dataclass
 class TrainerConfig:
-    max_tokens: int = 1_000_000  # training budget in characters seen, summed over streams
-    eval_every_tokens: int = 100_000
-    eval_max_tokens: int = 32_768  # validation characters per evaluation
+    # Budget: the run ends at the first limit reached (null: no such limit).
+    max_tokens: int | None = 1_000_000  # characters seen, summed over streams
+    max_flops: float | None = None  # training compute, ~6 x n_eff per character and step
+    max_seconds: float | None = None  # wall time (a safety net: the others are reproducible)
+    # Evaluations (and the steps pruners compare) every this many tokens, or FLOPs: set one.
+    eval_every_tokens: int | None = 100_000
+    eval_every_flops: float | None = None
+    eval_max_tokens: int | None = 32_768  # validation characters per evaluation; null: all
     eval_length: int = 128
+    anneal: float = 0.0  # the lr decays linearly to 0 over this last fraction of the budget
     objective: str = "best"  # best | final validation loss is the run's return value
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
@@ -283,9 +324,30 @@ class TrainerConfig:
     resume: bool = False  # continue from checkpoint.pt in the run directory
 
     def __post_init__(self) -> None:
-        for key in ("max_tokens", "eval_every_tokens", "eval_max_tokens", "eval_length"):
+        for key in (
+            "max_tokens", "max_flops", "max_seconds", "eval_every_tokens", "eval_every_flops",
+            "eval_max_tokens", "eval_length",
+        ):  # fmt: skip
             value = getattr(self, key)
-            check(value >= 1, f"trainer.{key} must be >= 1, got {value}")
+            check(
+                value is None or (math.isfinite(value) and value >= 1),
+                f"trainer.{key} must be >= 1, got {value}",
+            )
+        check(
+            (self.max_tokens, self.max_flops, self.max_seconds) != (None, None, None),
+            "trainer.max_tokens, trainer.max_flops and trainer.max_seconds are all null: "
+            "set a budget",
+        )
+        check(
+            (self.eval_every_tokens is None) != (self.eval_every_flops is None),
+            "set exactly one of trainer.eval_every_tokens and trainer.eval_every_flops, got "
+            f"{self.eval_every_tokens} and {self.eval_every_flops}",
+        )
+        check(0 <= self.anneal < 1, f"trainer.anneal must be in [0, 1), got {self.anneal}")
+        check(
+            not self.anneal or self.max_tokens is not None or self.max_flops is not None,
+            "trainer.anneal needs trainer.max_tokens or trainer.max_flops",
+        )
         check(
             self.objective in ("best", "final"),
             f"trainer.objective must be 'best' or 'final', got {self.objective!r}",
@@ -303,9 +365,32 @@ class TrainerConfig:
             f"trainer.threads must be >= 1, got {self.threads}",
         )
 
+    def budget(self) -> Budget:
+        flops = self.eval_every_flops is not None
+        every = self.eval_every_flops if flops else self.eval_every_tokens
+        assert every is not None
+        return Budget(
+            eval_every=int(every),
+            eval_max_tokens=self.eval_max_tokens,
+            eval_length=self.eval_length,
+            max_tokens=self.max_tokens,
+            max_flops=None if self.max_flops is None else int(self.max_flops),
+            max_seconds=self.max_seconds,
+            unit="flops" if flops else "tokens",
+            anneal=self.anneal,
+        )
+
 
 # Each data option's ``load_text()`` returns the corpus text and a name that error messages use.
 DataSource = FileDataConfig | CountDataConfig | DelayedRecallDataConfig
+
+
+def corpus_from_meta(meta: dict[str, Any]) -> Corpus:
+    """The corpus a checkpoint was trained on, rebuilt from its ``meta["data"]``."""
+    fields = dict(meta["data"])
+    kinds = {cls.__name__: cls for cls in SCHEMAS["data"].values()}
+    data = kinds[fields.pop("kind")](**fields)
+    return data.corpus(window=1)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

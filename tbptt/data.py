@@ -103,15 +103,21 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 @dataclass
 class Corpus:
-    """A vocabulary and the batched train and validation streams, ready for the trainer."""
+    """A vocabulary and the batched train, validation and test streams."""
 
     vocab: Vocab
     train: torch.Tensor  # (T, B) token ids
     val: torch.Tensor  # (T_val, B_eval) token ids
     source: str
+    test: torch.Tensor | None = None  # (T_test, B_eval); None: no test split, or withheld
 
     def to(self, device: torch.device | str) -> Corpus:
-        return Corpus(self.vocab, self.train.to(device), self.val.to(device), self.source)
+        test = None if self.test is None else self.test.to(device)
+        return Corpus(self.vocab, self.train.to(device), self.val.to(device), self.source, test)
+
+    def without_test(self) -> Corpus:
+        """The same corpus with the test split withheld (what training and sweeps get)."""
+        return Corpus(self.vocab, self.train, self.val, self.source)
 
 
 def build_corpus(
@@ -119,11 +125,13 @@ def build_corpus(
     *,
     source: str,
     val_fraction: float,
+    test_fraction: float = 0.0,
     batch_size: int,
     eval_batch_size: int,
     window: int,
 ) -> Corpus:
-    """Encode ``text``, split off the last ``val_fraction`` as validation, and batch both.
+    """Encode ``text``, split it into train | val | test (the last ``test_fraction`` is the
+    test split, the ``val_fraction`` before it validation), and batch each.
 
     ``window`` is the longest BPTT window the trainer will ask for; the training split must
     hold at least one such window (plus its shifted target) in every stream.
@@ -132,8 +140,10 @@ def build_corpus(
     if len(vocab) < 2:
         raise ConfigError(f"{source}: vocabulary has {len(vocab)} character(s); need at least 2")
     ids = vocab.encode(text)
-    n_val = int(len(ids) * val_fraction)
-    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    n_val, n_test = int(len(ids) * val_fraction), int(len(ids) * test_fraction)
+    n_train = len(ids) - n_val - n_test
+    train_ids, val_ids = ids[:n_train], ids[n_train : n_train + n_val]
+    test_ids = ids[n_train + n_val :]
     need_train = batch_size * (window + 1)
     if len(train_ids) < need_train:
         raise ConfigError(
@@ -141,11 +151,16 @@ def build_corpus(
             f"(window + 1) = {batch_size} x {window + 1} = {need_train} are needed; use a larger "
             "corpus or a smaller data.batch_size / bptt length"
         )
-    if len(val_ids) < eval_batch_size * 2:
-        raise ConfigError(
-            f"{source}: validation split has {len(val_ids)} characters (data.val_fraction="
-            f"{val_fraction}), need at least data.eval_batch_size x 2 = {eval_batch_size * 2}"
-        )
+    for name, split, key, fraction in (
+        ("validation", val_ids, "val_fraction", val_fraction),
+        ("test", test_ids, "test_fraction", test_fraction),
+    ):
+        if fraction and len(split) < eval_batch_size * 2:
+            raise ConfigError(
+                f"{source}: {name} split has {len(split)} characters (data.{key}={fraction}), "
+                f"need at least data.eval_batch_size x 2 = {eval_batch_size * 2}"
+            )
+    test = batchify(test_ids, eval_batch_size) if test_fraction else None
     return Corpus(
-        vocab, batchify(train_ids, batch_size), batchify(val_ids, eval_batch_size), source
+        vocab, batchify(train_ids, batch_size), batchify(val_ids, eval_batch_size), source, test
     )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 CELLS = {"rnn_tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+GATES = {"rnn_tanh": 1, "gru": 3, "lstm": 4}  # weight blocks of a cell's input and recurrence
 
 # LSTM state is a pair (h, c); RNN_TANH and GRU state is h alone. Each is (layers, B, H).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -53,6 +54,16 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.output_hooks: list[Callable[[torch.Tensor], torch.Tensor | None]] = []
+
+    def n_eff(self) -> int:
+        """Weights every character passes through: sum over layers of G x H x (I + H) for a cell
+        of G gate blocks (LSTM 4, GRU 3, tanh 1), plus the decoder's H x V. Embedding lookups
+        and biases are not counted. A forward and backward pass costs about 6 x n_eff FLOPs per
+        character and step (2 forward, 4 backward), as in ``benchmarks/``."""
+        inputs = [self.embed.embedding_dim, *[self.hidden_size] * (self.layers - 1)]
+        gates = GATES[self.cell]
+        rnn = sum(gates * self.hidden_size * (i + self.hidden_size) for i in inputs)
+        return rnn + self.hidden_size * self.decoder.out_features
 
     def init_hidden(self, batch_size: int) -> Hidden:
         weight = self.decoder.weight

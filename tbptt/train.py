@@ -19,11 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from tbptt import config, hooks
 from tbptt.cli import run_app
-from tbptt.data import Corpus, build_corpus
 from tbptt.errors import ConfigError
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
-from tbptt.trainer import Budget, Divergence, EvalCallback, RunResult, Trainer
+from tbptt.trainer import Divergence, EvalCallback, RunResult, Trainer
 
 log = logging.getLogger(__name__)
 config.register()
@@ -45,18 +44,6 @@ def typed(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def load_corpus(data: config.DataSource, window: int) -> Corpus:
-    text, source = data.load_text()
-    return build_corpus(
-        text,
-        source=source,
-        val_fraction=data.val_fraction,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        window=window,
-    )
-
-
 def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> CharRNN:
     torch.manual_seed(seed)  # the initial weights depend on the seed alone
     return CharRNN(vocab_size, **vars(model_cfg))
@@ -69,7 +56,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
     bptt, clip, tc = c["bptt"], c["clip"], c["trainer"]
     schedule = bptt.build(c["seed"])
     device = resolve_device(tc.device)
-    corpus = load_corpus(c["data"], schedule.max_k2).to(device)
+    # Training never sees the test split: it is held out for `python -m tbptt.evaluate`.
+    corpus = c["data"].corpus(schedule.max_k2).without_test().to(device)
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     model = build_model(c["model"], len(corpus.vocab), c["seed"]).to(device)
@@ -79,7 +67,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
         clip.build(),
         schedule,
         corpus,
-        Budget(tc.max_tokens, tc.eval_every_tokens, tc.eval_max_tokens, tc.eval_length),
+        tc.budget(),
         MetricsLog(run_dir),
         loss_window=bptt.loss_window,
         error_clip=clip.build_error_clip(),
@@ -87,7 +75,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
         grad_flow=tc.grad_flow,
         checkpoint_path=run_dir / "checkpoint.pt" if tc.checkpoint else None,
         on_eval=on_eval,
-        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"])},
+        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"]), "data": c["data"].meta()},
     )
     if tc.resume:
         trainer.resume(run_dir / "checkpoint.pt")
@@ -101,8 +89,9 @@ def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = Non
     if result.stop_reason:
         log.warning("stopped early: %s", result.stop_reason)
     log.info(
-        "tokens=%d best_val_loss=%.4f final_val_loss=%.4f (%.1fs)",
+        "tokens=%d flops=%.3g best_val_loss=%.4f final_val_loss=%.4f (%.1fs)",
         result.tokens,
+        result.flops,
         result.best_val_loss,
         result.final_val_loss,
         result.wall_seconds,

@@ -44,11 +44,14 @@ from tbptt.clipping import Clipper, ErrorClip
 from tbptt.data import Corpus
 from tbptt.diagnostics import decay_factor, gradient_flow, layer_grad_norms
 from tbptt.errors import ConfigError
+from tbptt.evaluate import mean_loss
 from tbptt.metrics import MetricsLog, write_json
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
 
 LN2 = math.log(2.0)
+BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best validation loss
+UNITS = ("tokens", "flops")
 EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
 
 
@@ -62,10 +65,53 @@ class StopRun(Exception):
 
 @dataclass(frozen=True)
 class Budget:
-    max_tokens: int  # characters consumed in training, summed over streams
-    eval_every_tokens: int
-    eval_max_tokens: int  # validation characters read per evaluation (a fixed prefix)
+    """When a run stops, when it evaluates, and how its learning rate is annealed.
+
+    Limits (None: no limit; at least one must be set): characters consumed (``max_tokens``,
+    summed over streams), training compute (``max_flops``, see :func:`update_flops`) and wall
+    seconds. The first limit reached ends the run. Evaluations come every ``eval_every`` of
+    ``unit`` (``tokens`` or ``flops``), which is also the unit of the steps that ``on_eval``
+    callbacks (pruners) see: with ``flops``, trials of different sizes and windows compare at
+    equal compute.
+
+    ``anneal``: over the last fraction of the token/FLOP budget the learning rate decays
+    linearly to 0 (0: constant).
+    """
+
+    eval_every: int
+    eval_max_tokens: int | None  # validation characters per evaluation (a fixed prefix); None: all
     eval_length: int  # window length used to walk the validation streams
+    max_tokens: int | None = None
+    max_flops: int | None = None
+    max_seconds: float | None = None
+    unit: str = "tokens"
+    anneal: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"budget unit must be one of {UNITS}, got {self.unit!r}")
+        if self.max_tokens is None and self.max_flops is None and self.max_seconds is None:
+            raise ValueError("a budget needs max_tokens, max_flops or max_seconds")
+        if self.anneal and self.max_tokens is None and self.max_flops is None:
+            raise ValueError("trainer.anneal needs trainer.max_tokens or trainer.max_flops")
+
+    def fraction(self, tokens: int, flops: int) -> float:
+        """How much of the token/FLOP budget is spent, in [0, 1] (0 without such limits)."""
+        spent = [tokens / self.max_tokens] if self.max_tokens else []
+        spent += [flops / self.max_flops] if self.max_flops else []
+        return min(1.0, max(spent, default=0.0))
+
+    def lr_factor(self, tokens: int, flops: int) -> float:
+        if not self.anneal:
+            return 1.0
+        return min(1.0, (1.0 - self.fraction(tokens, flops)) / self.anneal)
+
+    def spent(self, tokens: int, flops: int, seconds: float) -> bool:
+        return (
+            (self.max_tokens is not None and tokens >= self.max_tokens)
+            or (self.max_flops is not None and flops >= self.max_flops)
+            or (self.max_seconds is not None and seconds >= self.max_seconds)
+        )
 
 
 @dataclass(frozen=True)
@@ -82,10 +128,12 @@ class TrainState:
     """Everything besides tensors that a resumed run needs to continue exactly."""
 
     tokens: int = 0
+    flops: int = 0  # training compute so far, 6 x n_eff per character and step backpropagated
     updates: int = 0
     position: int = 0  # row of the training stream where the next window's new steps start
     evals: int = 0
     last_eval_tokens: int = 0
+    last_eval_flops: int = 0
     best_val_loss: float = math.inf
     last_val_loss: float = math.inf
     loss_ema: float = math.nan
@@ -99,6 +147,7 @@ class RunResult:
     completed: bool  # False when the run stopped early (see stop_reason)
     stop_reason: str | None
     tokens: int
+    flops: int
     updates: int
     best_val_loss: float
     final_val_loss: float
@@ -108,7 +157,23 @@ class RunResult:
         return self.best_val_loss if kind == "best" else self.final_val_loss
 
 
-EvalCallback = Callable[[int, float], None]  # (tokens, val_loss); raise StopRun to stop
+@dataclass(frozen=True)
+class EvalPoint:
+    """Where an evaluation happened and what it measured; ``step`` is in the budget's unit."""
+
+    tokens: int
+    flops: int
+    step: int
+    val_loss: float
+
+
+EvalCallback = Callable[[EvalPoint], None]  # raise StopRun to stop the run
+
+
+def update_flops(n_eff: int, streams: int, span: int) -> int:
+    """Training compute of one update: ``span`` = k2 steps (the k1 new ones and the recomputed
+    overlap) of ``streams`` characters each, forward (2 x n_eff) and backward (4 x n_eff)."""
+    return 6 * n_eff * streams * span
 
 
 @dataclass
@@ -155,6 +220,7 @@ class Trainer:
         if self.loss_window not in ("k1", "last"):
             raise ValueError(f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}")
         self.state = TrainState()
+        self._n_eff = self.model.n_eff()
         self._ahead: deque[Window] = deque()  # windows drawn from the schedule, not yet used
         self._reset_states()
         if self.error_clip is not None:
@@ -185,21 +251,34 @@ class Trainer:
     def result(self) -> RunResult:
         s = self.state
         return RunResult(
-            s.stop_reason is None, s.stop_reason, s.tokens, s.updates,
-            s.best_val_loss, s.last_val_loss, s.elapsed,
-        )  # fmt: skip
+            completed=s.stop_reason is None,
+            stop_reason=s.stop_reason,
+            tokens=s.tokens,
+            flops=s.flops,
+            updates=s.updates,
+            best_val_loss=s.best_val_loss,
+            final_val_loss=s.last_val_loss,
+            wall_seconds=s.elapsed,
+        )
 
     def _train(self, started: float) -> None:
-        while self.state.tokens < self.budget.max_tokens:
+        s = self.state
+        while not self.budget.spent(s.tokens, s.flops, time.perf_counter() - started):
             self.update(started)
             if self._eval_due():
                 self._evaluate(started)
-        if self.state.evals == 0 or self.state.last_eval_tokens != self.state.tokens:
+        if s.evals == 0 or s.last_eval_tokens != s.tokens:
             self._evaluate(started)  # the run always ends on an evaluation of its final weights
 
+    def step_of(self, tokens: int, flops: int) -> int:
+        """A point of the run in the budget's unit (what pruners see as the step)."""
+        return flops if self.budget.unit == "flops" else tokens
+
     def _eval_due(self) -> bool:
-        every = self.budget.eval_every_tokens
-        return self.state.tokens // every > self.state.last_eval_tokens // every
+        s, every = self.state, self.budget.eval_every
+        now = self.step_of(s.tokens, s.flops)
+        last = self.step_of(s.last_eval_tokens, s.last_eval_flops)
+        return now // every > last // every
 
     # -- one update -------------------------------------------------------------------------
 
@@ -263,10 +342,12 @@ class Trainer:
             self.error_clip.reset()
         logits = self._forward(start, new, end)
         loss = self._loss(logits, end, window.k1)
-        self._step(loss, window, started)
+        self._step(loss, window, end - start, started)
         self._forget_unneeded(end)
 
-    def _step(self, loss: torch.Tensor, window: Window, started: float | None) -> None:
+    def _step(
+        self, loss: torch.Tensor, window: Window, span: int, started: float | None
+    ) -> None:
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise StopRun(f"non-finite loss at token {self.state.tokens}")
@@ -276,13 +357,16 @@ class Trainer:
         clip = self.clipper(self.model.parameters())
         if not math.isfinite(clip.norm_before):
             raise StopRun(f"non-finite gradient norm at token {self.state.tokens}")
-        with scaled_lr(self.optimizer, window.lr_scale) as lr:
+        anneal = self.budget.lr_factor(self.state.tokens, self.state.flops)
+        with scaled_lr(self.optimizer, window.lr_scale * anneal) as lr:
             self.optimizer.step()
         self.state.position += window.k1
         self.state.tokens += window.k1 * self.corpus.train.size(1)
+        self.state.flops += update_flops(self._n_eff, self.corpus.train.size(1), span)
         self.state.updates += 1
         row: dict[str, Any] = dict(
-            tokens=self.state.tokens, update=self.state.updates, loss=loss_value,
+            tokens=self.state.tokens, flops=self.state.flops, update=self.state.updates,
+            loss=loss_value,
             grad_norm=clip.norm_before, grad_norm_clipped=clip.norm_after, clipped=clip.clipped,
             lr=lr, k1=window.k1, k2=window.k2, hidden_norm=hidden_norm(self.hidden),
         )  # fmt: skip
@@ -317,23 +401,11 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss (nats per character) over a fixed prefix of the val streams."""
-        self.model.eval()
-        val = self.corpus.val  # (T_val, B_eval)
-        rows = min(val.size(0) - 1, max(1, self.budget.eval_max_tokens // val.size(1)))
-        hidden = self.model.init_hidden(val.size(1))
-        total, count = 0.0, 0
-        for i in range(0, rows, self.budget.eval_length):
-            n = min(self.budget.eval_length, rows - i)
-            logits, hidden = self.model(val[i : i + n], hidden)  # (n, B_eval, V)
-            target = val[i + 1 : i + n + 1]
-            total += float(
-                F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
-            )
-            count += target.numel()
-        return total / count
+        return mean_loss(
+            self.model, self.corpus.val, self.budget.eval_max_tokens, self.budget.eval_length
+        )
 
     def measure_flow(self) -> list[float]:
         """||dL_t / dh_{t-j}||, j = 0..k2, on the first validation window after a warm-up."""
@@ -373,26 +445,40 @@ class Trainer:
         factor = self._record_flow()
         s = self.state
         s.evals += 1
-        s.last_eval_tokens = s.tokens
+        s.last_eval_tokens, s.last_eval_flops = s.tokens, s.flops
         s.last_val_loss = loss
         diverged = self._val_diverged(loss)
-        s.best_val_loss = min(s.best_val_loss, loss) if math.isfinite(loss) else s.best_val_loss
+        improved = math.isfinite(loss) and loss < s.best_val_loss
+        s.best_val_loss = loss if improved else s.best_val_loss
         s.elapsed = time.perf_counter() - started
         self.log.add(
-            "evals", tokens=s.tokens, val_loss=loss, val_bpc=loss / LN2, decay_factor=factor,
-            elapsed_s=s.elapsed,
+            "evals", tokens=s.tokens, flops=s.flops, val_loss=loss, val_bpc=loss / LN2,
+            decay_factor=factor, elapsed_s=s.elapsed,
         )  # fmt: skip
         self.log.flush()
-        if self.checkpoint_path is not None:
-            self.save(self.checkpoint_path)
+        self._save_checkpoints(improved)
         if not math.isfinite(loss):
             raise StopRun(f"non-finite validation loss at token {s.tokens}")
         if diverged:
             raise StopRun(f"diverged at token {s.tokens}: validation loss {loss:.3f}")
+        point = EvalPoint(s.tokens, s.flops, self.step_of(s.tokens, s.flops), loss)
         for callback in self.on_eval:
-            callback(s.tokens, loss)
+            callback(point)
 
     # -- checkpoints --------------------------------------------------------------------------
+
+    def _save_checkpoints(self, improved: bool) -> None:
+        if self.checkpoint_path is None:
+            return
+        self.save(self.checkpoint_path)
+        if improved:  # small corpora overfit within minutes: keep the best weights, not the last
+            self.save_best(self.checkpoint_path.with_name(BEST_CHECKPOINT))
+
+    def save_best(self, path: Path) -> None:
+        """The model alone (what sampling and evaluation need), and where it was taken."""
+        s = self.state
+        at = {"tokens": s.tokens, "flops": s.flops, "val_loss": s.last_val_loss}
+        checkpoint.save({"model": self.model.state_dict(), "meta": self.meta, "at": at}, path)
 
     def save(self, path: Path) -> None:
         checkpoint.save(

@@ -60,7 +60,7 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "missing corpus": ([*f"data=shakespeare data.path={tmp}/none.txt".split()], f"data.path: file not found: {tmp}/none.txt"),
         "empty corpus": (corpus(tmp, "empty.txt", b"").split(), "data.path: file is empty: "),
         "binary corpus": (corpus(tmp, "bin.txt", b"\x00\xff\xfe" * 50).split(), "not UTF-8 text: "),
-        "corpus too small": (corpus(tmp, "small.txt", b"abcdefgh" * 4).split(), "training split has 29 characters"),
+        "corpus too small": (corpus(tmp, "small.txt", b"abcdefgh" * 4).split(), "training split has 30 characters"),
         "truncated checkpoint": (["trainer.resume=true", f"hydra.run.dir={ck['truncated']}"], "trainer.resume: not a readable checkpoint (truncated?)"),
         "pickled checkpoint": (["trainer.resume=true", f"hydra.run.dir={ck['pickled']}"], "trainer.resume: refused to load"),
         "other model shape": (["trainer.resume=true", "model.hidden_size=24", f"hydra.run.dir={ck['good']}"], "was written for another model shape"),

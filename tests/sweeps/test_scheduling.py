@@ -10,7 +10,11 @@ from sweeps.space import Param, SearchSpace
 from sweeps.sweeper import counted, default_jobs, gpu_env, grid_space
 from sweeps.worker import PruningReporter
 from tbptt.errors import ConfigError
-from tbptt.trainer import StopRun
+from tbptt.trainer import EvalPoint, StopRun
+
+
+def point(tokens: int, loss: float) -> EvalPoint:
+    return EvalPoint(tokens=tokens, flops=tokens * 10, step=tokens, val_loss=loss)
 
 
 def finished_curve(study, values):
@@ -27,9 +31,9 @@ def test_reporter_stops_a_trial_worse_than_the_median():
         finished_curve(study, [3.0, 2.0, 1.5])
     trial = study.ask()
     reporter = PruningReporter(trial)
-    reporter(1000, 2.9)  # better than the median at this step: goes on
+    reporter(point(1000, 2.9))  # better than the median at this step: goes on
     with pytest.raises(StopRun, match="pruned at token 2000"):
-        reporter(2000, 2.5)  # worse than the median of 2.0
+        reporter(point(2000, 2.5))  # worse than the median of 2.0
     assert reporter.pruned_at == 2000
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1000: 2.9, 2000: 2.5}
 
@@ -38,8 +42,8 @@ def test_reporter_lets_a_good_trial_finish():
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     finished_curve(study, [3.0, 2.0])
     reporter = PruningReporter(study.ask())
-    reporter(1000, 2.0)
-    reporter(2000, 1.0)
+    reporter(point(1000, 2.0))
+    reporter(point(2000, 1.0))
     assert reporter.pruned_at is None
 
 
@@ -50,7 +54,7 @@ def test_asha_prunes_at_the_rungs_in_tokens():
         finished_curve(study, [1.0 + i * 0.1, 0.9, 0.8, 0.7])
     reporter = PruningReporter(study.ask())
     with pytest.raises(StopRun, match="pruned at token 1000"):
-        reporter(1000, 5.0)
+        reporter(point(1000, 5.0))
 
 
 def test_failures_that_were_retried_do_not_count_towards_the_total():

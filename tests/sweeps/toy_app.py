@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from tbptt import hooks
 from tbptt.metrics import write_json
-from tbptt.trainer import StopRun
+from tbptt.trainer import EvalPoint, StopRun
 
 
 def objective(cfg: DictConfig) -> float:
@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> float:
             if step == cfg.steps // 2:
                 fault(cfg, run_dir)
             for callback in hooks.job_callbacks:
-                callback(step * 100, objective(cfg) + 1.0 / step)
+                loss = objective(cfg) + 1.0 / step
+                callback(EvalPoint(tokens=step * 100, flops=step, step=step * 100, val_loss=loss))
     except StopRun as stop:
         stop_reason = stop.reason
     write_json({"stop_reason": stop_reason, "tokens": step * 100}, run_dir / "result.json")

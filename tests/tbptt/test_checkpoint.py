@@ -19,10 +19,10 @@ class Crash(Exception):
 def crash_after(evals: int):
     seen = []
 
-    def callback(tokens: int, loss: float) -> None:
-        seen.append(tokens)
+    def callback(point) -> None:
+        seen.append(point.tokens)
         if len(seen) == evals:
-            raise Crash(f"simulated crash at token {tokens}")
+            raise Crash(f"simulated crash at token {point.tokens}")
 
     return callback
 

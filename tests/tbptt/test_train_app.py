@@ -37,7 +37,7 @@ from tests.conftest import ROOT, TINY
         ("trainer.max_tokens=0", "trainer.max_tokens must be >= 1, got 0"),
         ("optim=sgd optim.momentum=1.0", r"optim.momentum must be in \[0, 1\), got 1.0"),
         ("data=shakespeare data.path=/nonexistent.txt", "data.path: file not found"),
-        ("data.length=30", "training split has 27 characters"),
+        ("data.length=30", "training split has 28 characters"),
     ],
 )
 def test_bad_values_fail_before_training_naming_the_key(tiny_cfg, tmp_path, override, message):

@@ -81,7 +81,7 @@ def test_metric_tables_and_result_are_written(tiny_cfg, tmp_path):
 def test_non_finite_loss_stops_the_run_and_keeps_its_metrics(tiny_cfg, tmp_path):
     trainer = build_trainer(tiny_cfg(), tmp_path, [])
 
-    def poison(tokens: int, loss: float) -> None:
+    def poison(point) -> None:
         trainer.model.decoder.bias.data.fill_(float("inf"))
 
     trainer.on_eval = [poison]
@@ -92,8 +92,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_its_metrics(tiny_cfg, tmp_path)
 
 
 def test_a_callback_can_stop_the_run_with_a_reason(tiny_cfg, tmp_path):
-    def stop(tokens: int, loss: float) -> None:
-        raise StopRun(f"pruned at token {tokens}")
+    def stop(point) -> None:
+        raise StopRun(f"pruned at token {point.tokens}")
 
     result = build_trainer(tiny_cfg(), tmp_path, [stop]).fit()
     assert result.stop_reason == "pruned at token 256" and result.tokens == 256

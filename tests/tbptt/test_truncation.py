@@ -175,7 +175,7 @@ def build(cell: str, layers: int, k1: int, k2: int, window: str, tmp_path):
         NoClip(),
         FixedSchedule(k1, k2),
         corpus,
-        Budget(max_tokens=10**9, eval_every_tokens=10**9, eval_max_tokens=8, eval_length=4),
+        Budget(max_tokens=10**9, eval_every=10**9, eval_max_tokens=8, eval_length=4),
         MetricsLog(tmp_path),
         loss_window=window,
     )
