@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
 from tbptt import hooks
-from tbptt.trainer import StopRun
+from tbptt.trainer import EvalPoint, StopRun
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,11 @@ class PruningReporter:
         self._trial = trial
         self.pruned_at: int | None = None
 
-    def __call__(self, tokens: int, loss: float) -> None:
-        self._trial.report(loss, tokens)
+    def __call__(self, point: EvalPoint) -> None:
+        self._trial.report(point.val_loss, point.step)
         if self._trial.should_prune():
-            self.pruned_at = tokens
-            raise StopRun(f"pruned at token {tokens}")
+            self.pruned_at = point.tokens
+            raise StopRun(f"pruned at token {point.tokens}")
 
 
 @dataclass
