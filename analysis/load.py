@@ -16,12 +16,18 @@ Tables (column order and dtypes are part of the API):
     number              int64
     state               category: complete, pruned, fail, running, waiting
     value               float64    the objective; NaN unless complete
+    phase               string     search, candidate or final (a budgeted sweep, see
+                                   sweeps/plan.py); <NA> for multirun jobs
+    parent              Int64      the trial a candidate or final run continues
     param.<key>         one per swept key, in order of first appearance; the dtype follows the
                         values: float64, Int64, string, boolean (object for a mixed choice), with
                         NaN / <NA> where the key was not sampled (``clip.max_norm`` with
                         ``clip=none``)
     tokens              Int64      tokens trained (result.json; else the last step's tokens)
+    flops               Int64      training compute (result.json)
     wall_seconds        float64
+    full_val_loss       float64    candidates and final: loss on the whole validation split
+    test_loss           float64    final: loss on the held-out test split (its best.pt)
     stop_reason         string     "pruned at token N", "diverged at token N: ...", an exception
                                    summary for a failed trial; <NA> otherwise
     stopped_at          Int64      pruned trials: N of "at token N" in stop_reason, else the
@@ -35,12 +41,12 @@ Tables (column order and dtypes are part of the API):
                                    ``python -m tbptt.train <overrides>``
 
 ``steps``: one row per trial and update: ``trial`` (int64) and every column of the run's
-``steps.parquet``: tokens, update, k1, k2 (int64), loss, grad_norm, grad_norm_clipped, lr,
+``steps.parquet``: tokens, flops, update, k1, k2 (int64), loss, grad_norm, grad_norm_clipped, lr,
 hidden_norm, elapsed_s (float64), clipped (bool), then the per-layer ``grad_norm_<layer>`` and,
 with error clipping, ``error_clipped`` / ``error_max`` / ``error_mean``. A column that some
 trials lack is NaN there (so an int column such as ``error_clipped`` becomes float64).
 
-``evals``: ``trial``, ``tokens`` (int64), ``val_loss``, ``val_bpc``, ``decay_factor``,
+``evals``: ``trial``, ``tokens``, ``flops`` (int64), ``val_loss``, ``val_bpc``, ``decay_factor``,
 ``elapsed_s`` (float64).
 
 ``grad_flow``: ``trial``, ``tokens``, ``lag`` (int64), ``grad_norm``, ``decay_factor`` (float64).
@@ -89,9 +95,14 @@ TRIAL_COLUMNS: dict[str, Any] = {
     "number": "int64",
     "state": pd.CategoricalDtype(STATES),
     "value": "float64",
+    "phase": "string",
+    "parent": "Int64",
     # param.<key> columns go here
     "tokens": "Int64",
+    "flops": "Int64",
     "wall_seconds": "float64",
+    "full_val_loss": "float64",
+    "test_loss": "float64",
     "stop_reason": "string",
     "stopped_at": "Int64",
     "retry_of": "Int64",
@@ -103,13 +114,15 @@ TRIAL_COLUMNS: dict[str, Any] = {
 }
 METRIC_COLUMNS: dict[str, dict[str, str]] = {
     "steps": {
-        "trial": "int64", "tokens": "int64", "update": "int64", "loss": "float64",
+        "trial": "int64", "tokens": "int64", "flops": "int64", "update": "int64",
+        "loss": "float64",
         "grad_norm": "float64", "grad_norm_clipped": "float64", "clipped": "bool",
         "lr": "float64", "k1": "int64", "k2": "int64", "hidden_norm": "float64",
         "elapsed_s": "float64",
     },
     "evals": {
-        "trial": "int64", "tokens": "int64", "val_loss": "float64", "val_bpc": "float64",
+        "trial": "int64", "tokens": "int64", "flops": "int64", "val_loss": "float64",
+        "val_bpc": "float64",
         "decay_factor": "float64", "elapsed_s": "float64",
     },
     "grad_flow": {
@@ -221,8 +234,10 @@ def _job_row(number: int, job: Path, overrides: list[str], now: float) -> dict[s
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     state, value, reason = _job_outcome(job, result, now)
     return {
-        "number": number, "state": state, "value": value,
-        "tokens": (result or {}).get("tokens"), "wall_seconds": (result or {}).get("wall_seconds"),
+        "number": number, "state": state, "value": value, "phase": None, "parent": None,
+        "tokens": (result or {}).get("tokens"), "flops": (result or {}).get("flops"),
+        "wall_seconds": (result or {}).get("wall_seconds"),
+        "full_val_loss": None, "test_loss": None,
         "stop_reason": reason, "retry_of": None, "worker": None,
         "datetime_start": _mtime(job / ".hydra" / "overrides.yaml"),
         "datetime_complete": _mtime(result_path), "job_dir": str(job),
@@ -382,11 +397,15 @@ def _trials_table(
     out["state"] = pd.Categorical(state, categories=STATES)
     value = pd.to_numeric(raw["value"], errors="coerce").astype("float64")
     out["value"] = value.where(state == "complete")
+    out["phase"] = _text(raw["phase"])
+    out["parent"] = _int(raw["parent"])
     for name in params:
         out[name] = _natural(raw[name])
     last_tokens = out["number"].map(steps.groupby("trial")["tokens"].max())
     out["tokens"] = _int(raw["tokens"]).fillna(_int(last_tokens))
-    out["wall_seconds"] = pd.to_numeric(raw["wall_seconds"], errors="coerce").astype("float64")
+    out["flops"] = _int(raw["flops"])
+    for name in ("wall_seconds", "full_val_loss", "test_loss"):
+        out[name] = pd.to_numeric(raw[name], errors="coerce").astype("float64")
     out["stop_reason"] = _text(raw["stop_reason"])
     out["stopped_at"] = _stopped_at(out, raw["last_step"], evals)
     out["retry_of"] = _int(raw["retry_of"])

@@ -120,6 +120,18 @@ class NopPrunerConfig:
 
 
 @dataclass
+class PlanConfig:
+    """How a sweep with ``hydra.sweeper.budget`` spends it (see ``sweeps/plan.py``)."""
+
+    search: float = 0.3  # share of the budget for the search (Optuna trials, pruned)
+    full_trials: int = 5  # a full search trial takes search time / full_trials of compute
+    trial_evals: int = 9  # evaluations (pruning steps) per full search trial
+    candidates: int | None = None  # best search trials trained on (null: n_jobs, at most 4)
+    candidate_share: float = 0.15  # share of the budget for training the candidates on
+    anneal: float = 1.0  # the final run's lr decays to 0 over this share of its continuation
+
+
+@dataclass
 class SweeperConfig:
     _target_: str = "hydra_plugins.tbptt_optuna_sweeper.optuna_sweeper.TBPTTOptunaSweeper"
     _recursive_: bool = False  # sampler and pruner are built by the sweeper (grid needs params)
@@ -137,6 +149,10 @@ class SweeperConfig:
     max_failures: int | None = 10  # stop the sweep after this many failed trials
     max_retries: int = 1  # re-run a trial whose worker died (or whose sweep was killed)
     timeout: float | None = None  # stop starting trials after this many seconds
+    # Wall time for the whole sweep, e.g. 9m, 540 or 1h30m (null: n_trials alone decides). The
+    # sweep then searches, trains the best candidates on and trains the winner long, all in it.
+    budget: Any = None
+    plan: PlanConfig = field(default_factory=PlanConfig)
     heartbeat_interval: float = 5.0
     grace_period: float = 30.0  # a RUNNING trial without heartbeat for this long is stale
     storage_patience: float = 60.0  # seconds to wait out an unreachable storage server

@@ -30,18 +30,39 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "number": trial.number,
         "state": trial.state.name.lower(),
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "phase": attrs.get("phase", "search"),
+        "parent": attrs.get("parent"),
         "tokens": attrs.get("tokens"),
+        "flops": attrs.get("flops"),
         "wall_seconds": attrs.get("wall_seconds"),
+        "full_val_loss": attrs.get("full_val_loss"),
+        "test_loss": attrs.get("test_loss"),
         "stop_reason": attrs.get("stop_reason") or attrs.get("fail_reason"),
         "retry_of": attrs.get("retry_of"),
         "worker": attrs.get("worker"),
         "datetime_start": start,
         "datetime_complete": end,
         "job_dir": attrs.get("job_dir"),
-        "overrides": command_line(attrs.get("overrides", [])),
+        "overrides": command_line(replay(trial)),
     }
     row.update({f"param.{key}": value for key, value in trial.params.items()})
     return row
+
+
+def replay(trial: FrozenTrial) -> list[str]:
+    """The overrides that reproduce ``trial`` as one uninterrupted run (a continuation's own
+    overrides resume a checkpoint; its replay trains from scratch to the same end)."""
+    return list(trial.user_attrs.get("replay", trial.user_attrs.get("overrides", [])))
+
+
+def final_trial(study: optuna.Study) -> FrozenTrial | None:
+    """A budgeted sweep's final model: its completed, scored final run (None: none yet)."""
+    finals = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("phase") == "final" and "test_loss" in t.user_attrs
+    ]
+    return finals[-1] if finals else None
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -99,16 +120,35 @@ class SweepOutputs:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
             return
-        best = study.best_trial
-        overrides = list(best.user_attrs.get("overrides", []))
-        doc = {
+        final = final_trial(study)
+        best = final or study.best_trial
+        overrides = replay(best)
+        doc: dict[str, Any] = {
             "value": best.value,
             "trial": best.number,
             "params": dict(best.params),
             "overrides": overrides,
             "command": "python -m tbptt.train " + command_line(overrides),
             "job_dir": best.user_attrs.get("job_dir"),
-            "study_name": study.study_name,
-            "storage": self._storage,
         }
+        if final is not None:
+            doc.update(final_model(final))
+        doc.update(study_name=study.study_name, storage=self._storage)
         atomic_write_bytes(self._dir / "best.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def final_model(final: FrozenTrial) -> dict[str, Any]:
+    """What best.yaml says of a budgeted sweep's final model."""
+    attrs = final.user_attrs
+    job_dir = Path(str(attrs.get("job_dir")))
+    return {
+        "final": {
+            "val_loss": attrs.get("full_val_loss"),  # the whole validation split
+            "test_loss": attrs.get("test_loss"),  # the held-out test split
+            "checkpoint": str(job_dir / "best.pt"),
+            "continues": attrs.get("parent"),
+            "flops": attrs.get("flops"),
+            "tokens": attrs.get("tokens"),
+            "sample": f"python -m tbptt.sample checkpoint={job_dir / 'best.pt'}",
+        }
+    }

@@ -11,11 +11,26 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from sweeps.outputs import final_trial
 from sweeps.worker import TrialOutcome
 
 
 def counts(study: optuna.Study) -> Counter[str]:
     return Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+
+
+def result_text(study: optuna.Study) -> str:
+    """The sweep's answer: the final model of a budgeted sweep (whole-split losses and its
+    checkpoint), else the best trial."""
+    final = final_trial(study)
+    if final is None:
+        return best_text(study)
+    attrs = final.user_attrs
+    return (
+        f"final model (trial {final.number}, continuing trial {attrs.get('parent')}): "
+        f"val {attrs['full_val_loss']:.4f}, test {attrs['test_loss']:.4f} nats/char on the "
+        f"whole splits | {best_text(study)} | checkpoint {attrs.get('job_dir')}/best.pt"
+    )
 
 
 def best_text(study: optuna.Study) -> str:
@@ -38,7 +53,7 @@ class Progress:
         >>> progress = Progress(total=40); progress.finished(study, outcome); progress.close()
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int | None, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
         self._started = time.monotonic()
         self._bar = tqdm(
@@ -64,9 +79,10 @@ class Progress:
     def finished(self, study: optuna.Study, outcome: TrialOutcome, done: int) -> None:
         if self._bar.disable:
             detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
+            count = f"{done}/{self._bar.total}" if self._bar.total else f"{done} done"
             print(
-                f"trial {outcome.number} {outcome.state.lower()}: {detail} | {done}/"
-                f"{self._bar.total} | {self.summary(study)}",
+                f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | "
+                f"{self.summary(study)}",
                 file=self._stream,
                 flush=True,
             )

@@ -159,17 +159,18 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
         return False
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
-    """Enqueue a copy of ``trial``'s parameters unless it was retried ``max_retries`` times."""
+def retry(
+    study: optuna.Study, trial: FrozenTrial, max_retries: int, keep: tuple[str, ...] = ()
+) -> bool:
+    """Enqueue a copy of ``trial``'s parameters, and of its user attrs named in ``keep``,
+    unless it was retried ``max_retries`` times."""
     retries = int(trial.user_attrs.get("retries", 0))
     if retries >= max_retries:
         return False
     origin = trial.user_attrs.get("retry_of", trial.number)
-    study.enqueue_trial(
-        trial.params,
-        user_attrs={"retry_of": origin, "retried_trial": trial.number, "retries": retries + 1},
-        skip_if_exists=False,
-    )
+    kept = {key: trial.user_attrs[key] for key in keep if key in trial.user_attrs}
+    attrs = {"retry_of": origin, "retried_trial": trial.number, "retries": retries + 1}
+    study.enqueue_trial(trial.params, user_attrs={**kept, **attrs}, skip_if_exists=False)
     return True
 
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,22 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from sweeps.outputs import SweepOutputs
+from sweeps.plan import (
+    Clock,
+    Plan,
+    Timeline,
+    calibration_seconds,
+    check_plan_settings,
+    make_plan,
+    parse_duration,
+)
+from sweeps.policy import JOB_ATTRS, USED_ATTR, BudgetPolicy, CountPolicy, TrialMaker
 from sweeps.pool import Died, Finished, WorkerPool
-from sweeps.progress import Progress, best_text
-from sweeps.space import SearchSpace, check_keys, parse_space, sample, to_overrides
+from sweeps.progress import Progress, result_text
+from sweeps.space import SearchSpace, check_keys, parse_space
 from sweeps.storage import (
     StorageUnavailable,
     SweepLock,
@@ -41,11 +51,19 @@ from sweeps.storage import (
     retry,
     stale_trials,
 )
-from sweeps.worker import StudyRef, TrialJob, TrialOutcome, TrialRunner
+from sweeps.worker import (
+    PRUNER_ATTR,
+    CalibrationJob,
+    StudyRef,
+    TrialJob,
+    TrialOutcome,
+    TrialRunner,
+)
 from tbptt.errors import ConfigError
 from tbptt.train import typed
 
 log = logging.getLogger(__name__)
+PLAN_ATTR = "sweeps:plan"  # study attr: a budgeted sweep's plan, kept for its re-runs
 
 
 class SweepError(RuntimeError):
@@ -62,6 +80,7 @@ class Settings:
     heartbeat_interval: float
     grace_period: float
     shared: bool  # the storage may hold other processes' trials (not the default journal)
+    budget: float | None  # seconds for the whole sweep (sweeps/plan.py); None: n_trials decides
 
 
 def default_jobs(device: str, gpus: int, cpus: int) -> int:
@@ -147,6 +166,8 @@ class OptunaSweeper(Sweeper):
         space = parse_space(params, arguments, self.is_group)
         typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker starts
         check_keys(space, self.compose)
+        if self.cfg.budget is not None:
+            check_planned_keys(space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with SweepLock(sweep_dir):
             study = self._study(sweep_dir, space)
@@ -155,7 +176,7 @@ class OptunaSweeper(Sweeper):
             self._recover(study, all_running=self.cfg.storage is None)
             self._run(study, space, sweep_dir, outputs)
             outputs.write(study)
-        print(best_text(study), file=sys.stderr)
+        print(result_text(study), file=sys.stderr)
         return study
 
     def _study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
@@ -184,13 +205,19 @@ class OptunaSweeper(Sweeper):
         return str(OmegaConf.select(self.config, "trainer.device", default="cpu"))
 
     def _settings(self) -> Settings:
-        device = self._device()
-        n_jobs = self.cfg.n_jobs or default_jobs(device, gpu_count(), os.cpu_count() or 1)
+        device, cfg = self._device(), self.cfg
+        n_jobs = cfg.n_jobs or default_jobs(device, gpu_count(), os.cpu_count() or 1)
         return Settings(
-            int(self.cfg.n_trials), int(n_jobs), self.cfg.max_failures,
-            int(self.cfg.max_retries), self.cfg.timeout, float(self.cfg.heartbeat_interval),
-            float(self.cfg.grace_period), self.cfg.storage is not None,
-        )  # fmt: skip
+            n_trials=int(cfg.n_trials),
+            n_jobs=int(n_jobs),
+            max_failures=cfg.max_failures,
+            max_retries=int(cfg.max_retries),
+            timeout=cfg.timeout,
+            heartbeat_interval=float(cfg.heartbeat_interval),
+            grace_period=float(cfg.grace_period),
+            shared=cfg.storage is not None,
+            budget=None if cfg.budget is None else parse_duration(cfg.budget),
+        )
 
     def _runner(self, sweep_dir: Path) -> TrialRunner:
         assert self.hydra_context and self.config and self.task_function
@@ -213,14 +240,117 @@ class OptunaSweeper(Sweeper):
         pool = WorkerPool(
             self._runner(sweep_dir), settings.n_jobs, lambda s: gpu_env(s, gpus, device)
         )
-        scheduler = Scheduler(study, space, self.compose, pool, settings, outputs)
+        scheduler: Scheduler | None = None
         try:
+            policy = self._policy(study, space, settings, pool)
+            scheduler = Scheduler(study, policy, pool, settings, outputs)
             scheduler.run()
         except KeyboardInterrupt:
             pool.close(kill=True)
-            scheduler.interrupted()
+            if scheduler is not None:
+                scheduler.interrupted()
             sys.exit(130)
         pool.close()
+
+    def _policy(
+        self, study: optuna.Study, space: SearchSpace, settings: Settings, pool: WorkerPool
+    ) -> CountPolicy | BudgetPolicy:
+        maker = TrialMaker(study, space, self.compose)
+        clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
+        if settings.budget is None:
+            return CountPolicy(maker, settings.n_trials, settings.timeout, clock)
+        plan = self._plan(study, settings, pool, clock, list(space.fixed))
+        return BudgetPolicy(maker, Timeline(plan, clock), settings.n_trials, settings.n_jobs)
+
+    def _plan(
+        self,
+        study: optuna.Study,
+        settings: Settings,
+        pool: WorkerPool,
+        clock: Clock,
+        fixed: list[str],
+    ) -> Plan:
+        """The stored plan of a re-run (its rungs stay; a new budget moves only the end), or
+        a new one from rates measured on the workers."""
+        assert settings.budget is not None
+        stored = study.user_attrs.get(PLAN_ATTR)
+        if stored is not None:
+            return replace(Plan.from_dict(stored), budget=settings.budget)
+        rate, speedup = calibrate(pool, fixed, calibration_seconds(settings.budget))
+        plan = make_plan(settings.budget, self.cfg.plan, pool.size, rate, speedup, clock.elapsed())
+        study.set_user_attr(PLAN_ATTR, plan.as_dict())
+        study.set_user_attr(PRUNER_ATTR, planned_pruner(self.cfg.pruner, plan))
+        log.info(
+            "plan: search to %.0f s, candidates to %.0f s, final to %.0f s; search trials of "
+            "%.3g FLOPs (%.3g FLOP/s per worker measured, x%.2f on every thread)",
+            plan.search_end, plan.candidates_end, plan.budget, plan.trial_flops, rate, speedup,
+        )  # fmt: skip
+        return plan
+
+
+def calibrate(pool: WorkerPool, overrides: list[str], seconds: float) -> tuple[float, float]:
+    """FLOP/s of one thread while every worker trains, and the speed-up of one worker on
+    every thread, the others idle (what the final run gets)."""
+    one = CalibrationJob(tuple(overrides), threads=1, seconds=seconds)
+    rates = run_everywhere(pool, [one] * pool.size)
+    rate = sum(rates) / len(rates)
+    if pool.size == 1:
+        return rate, 1.0
+    alone = run_everywhere(pool, [replace(one, threads=pool.size)])[0]
+    return rate, max(1.0, alone / rate)
+
+
+def run_everywhere(pool: WorkerPool, jobs: list[CalibrationJob]) -> list[float]:
+    for slot, job in enumerate(jobs):
+        pool.submit(job, slot)
+    results: list[float] = []
+    while pool.busy():
+        for event in pool.wait(timeout=5.0):
+            if isinstance(event, Died):
+                raise SweepError(f"a worker died measuring its speed (exit {event.exitcode})")
+            if isinstance(event.result, BaseException):
+                raise SweepError(str(event.result))
+            results.append(float(event.result))
+    return results
+
+
+def planned_pruner(pruner: DictConfig, plan: Plan) -> dict[str, Any]:
+    """The pruner config, with ASHA's ``min_resource: auto`` sized to the search rung: rungs
+    at r0 / rf^2, r0 / rf and r0 (FLOPs)."""
+    node: dict[str, Any] = OmegaConf.to_container(pruner, resolve=True)  # type: ignore[assignment]
+    if str(node.get("_target_", "")).endswith("SuccessiveHalvingPruner"):
+        if node.get("min_resource") == "auto":
+            factor = int(node.get("reduction_factor", 3))
+            node["min_resource"] = max(1, plan.trial_flops // factor**2)
+    return node
+
+
+PLANNED_KEYS = (
+    "trainer.max_tokens", "trainer.max_flops", "trainer.max_seconds", "trainer.eval_every_tokens",
+    "trainer.eval_every_flops", "trainer.anneal", "trainer.resume",
+)  # fmt: skip
+
+
+def check_planned_keys(space: SearchSpace) -> None:
+    """With a budget the plan sets each trial's budget: a value given for it would be lost."""
+    keys = [p.key for p in space.params] + [o.partition("=")[0].lstrip("+~") for o in space.fixed]
+    for key in keys:
+        if key in PLANNED_KEYS:
+            raise ConfigError(
+                f"{key} is set by hydra.sweeper.budget's plan (every trial's compute comes "
+                "from the budget); drop it, or drop hydra.sweeper.budget"
+            )
+
+
+def process_age() -> float:
+    """Seconds since this process started (the budget counts start-up too); 0 if unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - started)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -240,6 +370,13 @@ def check_settings(cfg: DictConfig) -> None:
         cfg.direction in ("minimize", "maximize"),
         f"direction must be minimize or maximize, got {cfg.direction!r}",
     )
+    if cfg.budget is not None:
+        try:
+            parse_duration(cfg.budget)
+            check_plan_settings(cfg.plan)
+        except ConfigError as err:
+            check(False, str(err).removeprefix("hydra.sweeper."))
+        check(cfg.timeout is None, "timeout and hydra.sweeper.budget are both set: keep one")
 
 
 def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
@@ -262,45 +399,38 @@ def recover(study: optuna.Study, grace_period: float, max_retries: int) -> None:
     """Trials left RUNNING by a dead sweep process: FAIL, then re-enqueue their parameters."""
     for trial in stale_trials(study, grace_period):
         if fail_trial(study, trial, "its sweep process stopped while it ran"):
-            retry(study, trial, max_retries)
+            retry(study, trial, max_retries, JOB_ATTRS)
             log.warning("trial %d was left running: marked FAIL and retried", trial.number)
 
 
-def counted(trials: list[FrozenTrial]) -> int:
-    """Trials that count towards ``n_trials``: all, except failures that were retried."""
-    retried = {t.user_attrs.get("retried_trial") for t in trials}
-    return sum(1 for t in trials if t.state != TrialState.FAIL or t.number not in retried)
-
-
 class Scheduler:
-    """Keeps every worker busy until the study holds ``n_trials`` trials (asynchronously)."""
+    """Keeps every worker busy with what the policy gives, asynchronously, until it gives
+    nothing more and no job runs."""
 
     def __init__(
         self,
         study: optuna.Study,
-        space: SearchSpace,
-        compose: Any,
+        policy: CountPolicy | BudgetPolicy,
         pool: WorkerPool,
         settings: Settings,
         outputs: SweepOutputs,
     ) -> None:
-        self.study, self.space, self.compose, self.pool = study, space, compose, pool
+        self.study, self.policy, self.pool = study, policy, pool
         self.settings, self.outputs = settings, outputs
         self.failures: list[str] = []
-        self.started = time.monotonic()
-        self.progress = Progress(settings.n_trials)
+        self.progress = Progress(settings.n_trials if settings.budget is None else None)
         self.last_beat = self.last_recovery = 0.0
 
     def run(self) -> None:
         self.progress.start(self.study, self._done())
         while True:
             self._keep_alive()
-            if self._may_start():
-                self._fill()
+            self._fill()
             if self.pool.busy() == 0:
                 break
             for event in self.pool.wait(timeout=1.0):
                 self._handle(event)
+        self.policy.tick()
         self.progress.close()
         if self._too_many_failures():
             raise SweepError(
@@ -318,6 +448,7 @@ class Scheduler:
         if now - self.last_beat >= self.settings.heartbeat_interval:
             for job in self.pool.jobs():
                 beat(self.study._storage, job.trial_id)
+            self.policy.tick()
             self.last_beat = now
         if self.settings.shared and now - self.last_recovery >= self.settings.grace_period / 2:
             recover(self.study, self.settings.grace_period, self.settings.max_retries)
@@ -326,54 +457,30 @@ class Scheduler:
     def _done(self) -> int:
         return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
 
-    def _may_start(self) -> bool:
-        timeout = self.settings.timeout
-        expired = timeout is not None and time.monotonic() - self.started > timeout
-        return not expired and not self._too_many_failures()
-
     def _too_many_failures(self) -> bool:
         limit = self.settings.max_failures
         return limit is not None and len(self.failures) >= limit
 
     def _fill(self) -> None:
-        while self.pool.free_slots() and self._may_start():
-            if counted(self.study.get_trials(deepcopy=False)) >= self.settings.n_trials:
-                waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                if not waiting:
-                    return
-            job = self._next_job()
-            if job is not None:
-                self.pool.submit(job)
-
-    def _next_job(self) -> TrialJob | None:
-        trial = self.study.ask()
-        beat(self.study._storage, trial._trial_id)
-        values = sample(trial, self.space, self.compose)
-        overrides = [*self.space.fixed, *to_overrides(values)]
-        trial.set_user_attr("overrides", overrides)
-        try:
-            typed(self.compose(overrides))
-        except ConfigError as err:
-            self._fail_now(trial, str(err))
-            return None
-        return TrialJob(trial.number, trial._trial_id, tuple(overrides))
-
-    def _fail_now(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr("fail_reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.failures.append(f"trial {trial.number}: {reason}")
-        self.progress.finished(
-            self.study, TrialOutcome(trial.number, "FAIL", None, reason, ""), self._done()
-        )
+        while self.pool.free_slots() and not self._too_many_failures():
+            job = self.policy.next_job(self.pool.busy())
+            if job is None:
+                return
+            if isinstance(job, TrialOutcome):  # failed before it started
+                self._record(job)
+                continue
+            self.pool.submit(job)
 
     def _handle(self, event: Finished | Died) -> None:
-        if isinstance(event, Died):
-            outcome = self._worker_died(event)
-        else:
-            outcome = event.result
+        outcome = self._worker_died(event) if isinstance(event, Died) else event.result
+        self.policy.finished(event.job, outcome)
+        self._record(outcome)
+
+    def _record(self, outcome: TrialOutcome) -> None:
         if outcome.state == "FAIL":
             self.failures.append(f"trial {outcome.number}: {outcome.reason}")
-        self.outputs.record(self.study, outcome.number)
+        if outcome.job_dir:
+            self.outputs.record(self.study, outcome.number)
         self.progress.finished(self.study, outcome, self._done())
 
     def _worker_died(self, event: Died) -> TrialOutcome:
@@ -386,14 +493,15 @@ class Scheduler:
         )
         trial = self.study._storage.get_trial(job.trial_id)
         if fail_trial(self.study, trial, reason):
-            retry(self.study, trial, self.settings.max_retries)
+            retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
         return TrialOutcome(job.number, "FAIL", None, reason, "")
 
     def interrupted(self) -> None:
         """Ctrl-C: fail the running trials (a re-run retries them) and say how to resume."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if fail_trial(self.study, trial, "interrupted (Ctrl-C)"):
-                retry(self.study, trial, self.settings.max_retries)
+                retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
+        self.policy.tick()
         self.outputs.write(self.study)
         self.progress.close()
         print(

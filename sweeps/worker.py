@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
-from dataclasses import dataclass, field
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +29,54 @@ from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
 from tbptt import hooks
+from tbptt.errors import ConfigError
+from tbptt.evaluate import evaluate_checkpoint
 from tbptt.trainer import EvalPoint, StopRun
+
+CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet",
+                    "grad_flow.parquet")  # fmt: skip
+SCORE_ATTRS = {"val": "full_val_loss", "test": "test_loss"}  # user attrs of scored trials
+PRUNER_ATTR = "sweeps:pruner"  # study attr: the pruner config a budget plan sized
 
 
 @dataclass(frozen=True)
 class TrialJob:
+    """One trial for a worker. Search trials only need the first three fields; a budgeted
+    sweep's candidates and final run continue another trial's checkpoint and are scored."""
+
     number: int
     trial_id: int
     overrides: tuple[str, ...]
+    phase: str = "search"  # search | candidate | final (sweeps/plan.py)
+    prune: bool = True  # ask the pruner at each evaluation
+    threads: int | None = None  # torch threads for this job (None: the worker's default)
+    init_from: str | None = None  # a job directory to continue: its checkpoint and tables
+    deadline: float | None = None  # time.time() by which target_flops must be reached
+    target_flops: int | None = None
+    score: tuple[str, ...] = ()  # whole splits to score after training ("val", "test")
+    score_file: str = "checkpoint.pt"  # which weights to score: the last, or best.pt
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """Measure the worker's training FLOP/s on ``threads`` threads (see sweeps/plan.py): the
+    app trains the sweep's fixed config for ``seconds`` in a scratch directory."""
+
+    overrides: tuple[str, ...]
+    threads: int
+    seconds: float = 2.0
+
+    def run_overrides(self) -> list[str]:
+        return [
+            *self.overrides,
+            "trainer.max_tokens=null", "trainer.max_flops=null",
+            f"trainer.max_seconds={self.seconds}", "trainer.eval_every_tokens=null",
+            "trainer.eval_every_flops=1e18", "trainer.checkpoint=false", "trainer.resume=false",
+        ]  # fmt: skip
+
+
+class CalibrationError(RuntimeError):
+    """The calibration run failed: the sweep cannot plan its budget."""
 
 
 @dataclass(frozen=True)
@@ -43,20 +86,52 @@ class TrialOutcome:
     value: float | None
     reason: str | None  # why it stopped early or failed
     job_dir: str
+    flops: int = 0  # the run's training compute at its end (continued runs: in total)
+    seconds: float = 0.0  # this job's wall time, start-up and scoring included
+    train_seconds: float = 0.0  # the run's trainer wall time (continued runs: in total)
+    scores: dict[str, float] = field(default_factory=dict)  # split -> loss on the whole split
+    score_seconds: float = 0.0
 
 
 class PruningReporter:
-    """The job's eval callback: report to the trial, stop the run when the pruner says so."""
+    """The job's eval callback: report to the trial, stop the run when the pruner says so, or
+    when the run cannot reach its compute target before its deadline at the rate seen so far.
+    """
 
-    def __init__(self, trial: optuna.Trial) -> None:
-        self._trial = trial
+    def __init__(self, trial: optuna.Trial, job: TrialJob | None = None) -> None:
+        self.trial = self._trial = trial
+        self._prune = job is None or job.prune
+        self._deadline = job.deadline if job else None
+        self._target = job.target_flops if job else None
+        self._first: tuple[float, int] | None = None  # (time, flops) at the first evaluation
         self.pruned_at: int | None = None
 
     def __call__(self, point: EvalPoint) -> None:
         self._trial.report(point.val_loss, point.step)
-        if self._trial.should_prune():
+        if point.final:
+            return  # it trained its whole budget: pruning now would save nothing
+        if self._prune and self._trial.should_prune():
             self.pruned_at = point.tokens
             raise StopRun(f"pruned at token {point.tokens}")
+        self._check_time(point)
+
+    def _check_time(self, point: EvalPoint) -> None:
+        if self._deadline is None or self._target is None:
+            return
+        now = time.time()
+        if self._first is None:
+            self._first = (now, point.flops)
+            return
+        seconds, flops = now - self._first[0], point.flops - self._first[1]
+        if seconds <= 0 or flops <= 0 or point.flops >= self._target:
+            return
+        finish = now + (self._target - point.flops) * seconds / flops
+        if finish > self._deadline:
+            self.pruned_at = point.tokens
+            raise StopRun(
+                f"out of time at token {point.tokens}: it would reach its compute budget "
+                f"{finish - self._deadline:.0f} s after its phase ends"
+            )
 
 
 @dataclass
@@ -79,43 +154,105 @@ class TrialRunner:
     study_ref: StudyRef
     threads: int
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
+    _ready: bool = field(default=False, init=False, repr=False)
 
-    def _setup(self) -> optuna.Study:
-        if self._study is None:
+    def _setup(self) -> None:
+        if not self._ready:
             setup_globals()
             Singleton.set_state(self.singleton_state)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            import torch  # only here: the worker's threads are set before any work
+            self._ready = True
 
-            torch.set_num_threads(self.threads)
+    def _load_study(self) -> optuna.Study:
+        if self._study is None:
             ref = self.study_ref
             storage = open_storage(ref.storage, Path(ref.sweep_dir), ref.patience)
-            pruner = instantiate(ref.pruner)
-            self._study = optuna.load_study(
-                study_name=ref.study_name, storage=storage, pruner=pruner
+            study = optuna.load_study(
+                study_name=ref.study_name, storage=storage, pruner=instantiate(ref.pruner)
             )
+            planned = study.user_attrs.get(PRUNER_ATTR)
+            if planned is not None:  # a budgeted sweep sized the pruner's rungs
+                study.pruner = instantiate(planned)
+            self._study = study
         return self._study
 
-    def __call__(self, job: TrialJob) -> TrialOutcome:
-        study = self._setup()
+    def __call__(
+        self, job: TrialJob | CalibrationJob
+    ) -> TrialOutcome | float | CalibrationError:
+        self._setup()
+        if isinstance(job, CalibrationJob):
+            try:
+                return self._calibrate(job)
+            except CalibrationError as err:  # sent back: the sweep process says why and stops
+                return err
+        study = self._load_study()
+        started = time.perf_counter()
+        self._set_threads(job.threads or self.threads)
         trial = optuna.Trial(study, job.trial_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        reporter = PruningReporter(trial)
+        reporter = PruningReporter(trial, job)
         ret, job_dir = self._run_job(job, reporter)
         outcome = classify(job.number, ret, reporter, job_dir)
+        if job.score and outcome.state == "COMPLETE":
+            outcome = self._score(job, outcome, job_dir, trial)
+        outcome = replace(outcome, seconds=time.perf_counter() - started)
         tell(study, trial, outcome, job_dir)
         return outcome
 
-    def _run_job(self, job: TrialJob, reporter: PruningReporter) -> tuple[JobReturn, Path]:
+    @staticmethod
+    def _set_threads(threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def _calibrate(self, job: CalibrationJob) -> float:
+        """Training FLOP/s of the sweep's own model on this worker (what a trial reaches)."""
+        self._set_threads(job.threads)
+        with tempfile.TemporaryDirectory(prefix="tbptt-calibrate-") as scratch:
+            run = TrialJob(-1, -1, tuple(job.run_overrides()))
+            ret, job_dir = self._run_job(run, None, Path(scratch))
+            result = read_result(job_dir)
+        flops, seconds = float(result.get("flops") or 0), float(result.get("wall_seconds") or 0)
+        if ret.status == JobStatus.FAILED or flops <= 0 or seconds <= 0:
+            exc = ret._return_value
+            why = _summary(exc) if isinstance(exc, BaseException) else "no FLOPs recorded"
+            raise CalibrationError(f"measuring the training speed failed: {why}")
+        return flops / seconds
+
+    def _score(
+        self, job: TrialJob, outcome: TrialOutcome, job_dir: Path, trial: optuna.Trial
+    ) -> TrialOutcome:
+        """Losses on the whole splits: what candidates are ranked by, and the final's report.
+        The test loss is computed here, after the search, and never reported to the study."""
+        started = time.perf_counter()
+        try:
+            scores = evaluate_checkpoint(job_dir / job.score_file, job.score)
+        except ConfigError as err:
+            return replace(outcome, state="FAIL", value=None, reason=f"scoring: {err}")
+        for split, loss in scores.items():
+            trial.set_user_attr(SCORE_ATTRS[split], loss)
+        seconds = time.perf_counter() - started
+        trial.set_user_attr("score_seconds", seconds)
+        return replace(outcome, scores=scores, score_seconds=seconds)
+
+    def _run_job(
+        self, job: TrialJob, reporter: PruningReporter | None, scratch: Path | None = None
+    ) -> tuple[JobReturn, Path]:
         config = self.hydra_context.config_loader.load_sweep_config(
             self.config, list(job.overrides)
         )
         with open_dict(config):
             config.hydra.job.id = f"{config.hydra.job.name}_{job.number}"
             config.hydra.job.num = job.number
+            if scratch is not None:
+                config.hydra.sweep.dir, config.hydra.sweep.subdir = str(scratch), "run"
         HydraConfig.instance().set_config(config)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        hooks.job_callbacks[:] = [reporter]
+        if job.init_from is not None and reporter is not None:
+            start = copy_run(Path(job.init_from), job_dir)
+            reporter.trial.set_user_attr("start_flops", int(start.get("flops") or 0))
+            reporter.trial.set_user_attr("start_seconds", float(start.get("wall_seconds") or 0))
+        hooks.job_callbacks[:] = [reporter] if reporter is not None else []
         try:
             ret = run_job(
                 hydra_context=self.hydra_context,
@@ -129,6 +266,18 @@ class TrialRunner:
         finally:
             hooks.job_callbacks.clear()
         return ret, job_dir
+
+
+def copy_run(source: Path, target: Path) -> dict[str, Any]:
+    """Seed ``target`` with the checkpoint and tables of the run in ``source``, so that a
+    ``trainer.resume=true`` job there continues it (its tables then hold the whole history).
+    Returns the source's result: where the continuation starts."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if (source / name).exists():
+            shutil.copyfile(source / name, target / f".{name}.tmp")
+            os.replace(target / f".{name}.tmp", target / name)
+    return read_result(source)
 
 
 def _summary(exc: BaseException) -> str:
@@ -148,21 +297,25 @@ def classify(
         exc = ret._return_value
         reason = _summary(exc) if isinstance(exc, BaseException) else "job failed"
         return TrialOutcome(number, "FAIL", None, reason, str(job_dir))
-    stop_reason = read_result(job_dir).get("stop_reason")
+    result = read_result(job_dir)
+    done = TrialOutcome(
+        number, "COMPLETE", None, None, str(job_dir),
+        flops=int(result.get("flops") or 0),
+        train_seconds=float(result.get("wall_seconds") or 0.0),
+    )  # fmt: skip
+    stop_reason = result.get("stop_reason")
     if reporter.pruned_at is not None or stop_reason:
-        return TrialOutcome(number, "PRUNED", None, stop_reason, str(job_dir))
+        return replace(done, state="PRUNED", reason=stop_reason)
     value = ret.return_value
     if not isinstance(value, int | float) or not math.isfinite(value):
-        return TrialOutcome(
-            number, "FAIL", None, f"objective is not finite: {value}", str(job_dir)
-        )
-    return TrialOutcome(number, "COMPLETE", float(value), None, str(job_dir))
+        return replace(done, state="FAIL", reason=f"objective is not finite: {value}")
+    return replace(done, value=float(value))
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, job_dir: Path) -> None:
     result = read_result(job_dir)
     trial.set_user_attr("job_dir", str(job_dir))
-    for key in ("tokens", "wall_seconds", "best_val_loss", "final_val_loss"):
+    for key in ("tokens", "flops", "wall_seconds", "best_val_loss", "final_val_loss"):
         if key in result and isinstance(result[key], int | float) and math.isfinite(result[key]):
             trial.set_user_attr(key, result[key])
     if outcome.reason:

@@ -325,7 +325,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         for key in (
-            "max_tokens", "max_flops", "max_seconds", "eval_every_tokens", "eval_every_flops",
+            "max_tokens", "max_flops", "eval_every_tokens", "eval_every_flops",
             "eval_max_tokens", "eval_length",
         ):  # fmt: skip
             value = getattr(self, key)
@@ -333,6 +333,10 @@ class TrainerConfig:
                 value is None or (math.isfinite(value) and value >= 1),
                 f"trainer.{key} must be >= 1, got {value}",
             )
+        check(
+            self.max_seconds is None or (math.isfinite(self.max_seconds) and self.max_seconds > 0),
+            f"trainer.max_seconds must be > 0, got {self.max_seconds}",
+        )
         check(
             (self.max_tokens, self.max_flops, self.max_seconds) != (None, None, None),
             "trainer.max_tokens, trainer.max_flops and trainer.max_seconds are all null: "

@@ -53,6 +53,7 @@ LN2 = math.log(2.0)
 BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best validation loss
 UNITS = ("tokens", "flops")
 EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
+DIVERGENCE_MARGIN = 0.1  # nats: near a zero loss, a factor alone would flag noise as climbing
 
 
 class StopRun(Exception):
@@ -165,6 +166,7 @@ class EvalPoint:
     flops: int
     step: int
     val_loss: float
+    final: bool = False  # the run's last evaluation: its budget is spent
 
 
 EvalCallback = Callable[[EvalPoint], None]  # raise StopRun to stop the run
@@ -393,7 +395,7 @@ class Trainer:
         s.best_loss_ema = min(s.best_loss_ema, s.loss_ema)
         if d.factor is None or s.tokens < d.warmup_tokens:
             return
-        if s.loss_ema > d.factor * s.best_loss_ema:
+        if s.loss_ema > max(d.factor * s.best_loss_ema, s.best_loss_ema + DIVERGENCE_MARGIN):
             raise StopRun(
                 f"diverged at token {s.tokens}: training loss {s.loss_ema:.3f} > "
                 f"{d.factor} x best {s.best_loss_ema:.3f}"
@@ -438,7 +440,8 @@ class Trainer:
         factor, best = self.divergence.factor, self.state.best_val_loss
         if factor is None or not math.isfinite(best):
             return False
-        return self.state.tokens >= self.divergence.warmup_tokens and loss > factor * best
+        limit = max(factor * best, best + DIVERGENCE_MARGIN)
+        return self.state.tokens >= self.divergence.warmup_tokens and loss > limit
 
     def _evaluate(self, started: float) -> None:
         loss = self.evaluate()
@@ -461,7 +464,8 @@ class Trainer:
             raise StopRun(f"non-finite validation loss at token {s.tokens}")
         if diverged:
             raise StopRun(f"diverged at token {s.tokens}: validation loss {loss:.3f}")
-        point = EvalPoint(s.tokens, s.flops, self.step_of(s.tokens, s.flops), loss)
+        final = self.budget.spent(s.tokens, s.flops, s.elapsed)
+        point = EvalPoint(s.tokens, s.flops, self.step_of(s.tokens, s.flops), loss, final)
         for callback in self.on_eval:
             callback(point)
 

@@ -44,7 +44,8 @@ def tables(updates: int, error_clip: bool = False) -> dict[str, pa.Table]:
     """A run's steps / evals / grad_flow after ``updates`` updates."""
     tokens = np.arange(1, updates + 1, dtype=np.int64) * TOKENS_PER_UPDATE
     steps: dict[str, Any] = {
-        "tokens": tokens, "update": np.arange(1, updates + 1, dtype=np.int64),
+        "tokens": tokens, "flops": tokens * 1000,
+        "update": np.arange(1, updates + 1, dtype=np.int64),
         "loss": np.linspace(3.0, 1.0, updates), "grad_norm": np.full(updates, 2.0),
         "grad_norm_clipped": np.full(updates, 1.0), "clipped": np.ones(updates, bool),
         "lr": np.full(updates, 1e-3), "k1": np.full(updates, 8), "k2": np.full(updates, 8),
@@ -56,7 +57,8 @@ def tables(updates: int, error_clip: bool = False) -> dict[str, pa.Table]:
                      error_mean=np.full(updates, 0.01))  # fmt: skip
     steps["elapsed_s"] = np.linspace(0.1, 1.0, updates)
     at = tokens[EVAL_EVERY - 1 :: EVAL_EVERY]
-    evals = {"tokens": at, "val_loss": np.linspace(2.0, 1.5, len(at)), "val_bpc": np.ones(len(at)),
+    evals = {"tokens": at, "flops": at * 1000, "val_loss": np.linspace(2.0, 1.5, len(at)),
+             "val_bpc": np.ones(len(at)),
              "decay_factor": np.full(len(at), 0.9), "elapsed_s": np.ones(len(at))}  # fmt: skip
     flow = {"tokens": np.repeat(at, K2 + 1), "lag": np.tile(np.arange(K2 + 1), len(at)),
             "grad_norm": np.ones(len(at) * (K2 + 1)),

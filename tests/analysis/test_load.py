@@ -29,21 +29,24 @@ from tests.analysis.sweep_dirs import (
 from tests.conftest import ROOT, TINY
 
 TRIAL_DTYPES = {
-    "number": "int64", "state": "category", "value": "float64", "tokens": "Int64",
-    "wall_seconds": "float64", "stop_reason": "string", "stopped_at": "Int64",
+    "number": "int64", "state": "category", "value": "float64", "phase": "string",
+    "parent": "Int64", "tokens": "Int64", "flops": "Int64", "wall_seconds": "float64",
+    "full_val_loss": "float64", "test_loss": "float64", "stop_reason": "string",
+    "stopped_at": "Int64",
     "retry_of": "Int64", "worker": "string", "datetime_start": "datetime64[ns]",
     "datetime_complete": "datetime64[ns]", "job_dir": "string", "overrides": "string",
 }  # fmt: skip
 METRIC_DTYPES = {
     "steps": {
-        "trial": "int64", "tokens": "int64", "update": "int64", "loss": "float64",
-        "grad_norm": "float64", "grad_norm_clipped": "float64", "clipped": "bool",
+        "trial": "int64", "tokens": "int64", "flops": "int64", "update": "int64",
+        "loss": "float64", "grad_norm": "float64", "grad_norm_clipped": "float64",
+        "clipped": "bool",
         "lr": "float64", "k1": "int64", "k2": "int64", "hidden_norm": "float64",
         "elapsed_s": "float64",
     },
     "evals": {
-        "trial": "int64", "tokens": "int64", "val_loss": "float64", "val_bpc": "float64",
-        "decay_factor": "float64", "elapsed_s": "float64",
+        "trial": "int64", "tokens": "int64", "flops": "int64", "val_loss": "float64",
+        "val_bpc": "float64", "decay_factor": "float64", "elapsed_s": "float64",
     },
     "grad_flow": {
         "trial": "int64", "tokens": "int64", "lag": "int64", "grad_norm": "float64",
@@ -81,8 +84,8 @@ def assert_schema(results: SweepResults) -> None:
     assert dtypes(results.trials, TRIAL_DTYPES) == TRIAL_DTYPES
     assert list(results.trials["state"].cat.categories) == STATES
     params = [f"param.{p}" for p in results.params()]
-    assert list(results.trials.columns) == [*list(TRIAL_DTYPES)[:3], *params,
-                                            *list(TRIAL_DTYPES)[3:]]  # fmt: skip
+    assert list(results.trials.columns) == [*list(TRIAL_DTYPES)[:5], *params,
+                                            *list(TRIAL_DTYPES)[5:]]  # fmt: skip
     for table, columns in METRIC_DTYPES.items():
         frame = getattr(results, table)
         assert list(frame.columns)[: len(columns)] == list(columns)

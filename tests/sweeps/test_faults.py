@@ -15,8 +15,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from sweeps.policy import counted
 from sweeps.storage import open_storage
-from sweeps.sweeper import counted
 from tests.conftest import ROOT, TINY
 from tests.sweeps.test_sweeper import load, states, sweep
 

@@ -6,8 +6,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from sweeps.policy import counted
 from sweeps.space import Param, SearchSpace
-from sweeps.sweeper import counted, default_jobs, gpu_env, grid_space
+from sweeps.sweeper import default_jobs, gpu_env, grid_space
 from sweeps.worker import PruningReporter
 from tbptt.errors import ConfigError
 from tbptt.trainer import EvalPoint, StopRun

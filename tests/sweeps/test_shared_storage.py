@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.sweeper import counted
+from sweeps.policy import counted
 from tests.conftest import ROOT
 from tests.sweeps.tcp_proxy import TcpProxy
 

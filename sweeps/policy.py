@@ -1,0 +1,277 @@
+"""What a sweep starts next: ``CountPolicy`` (``n_trials`` trials) or ``BudgetPolicy`` (a
+wall-clock budget spent in phases, see ``sweeps/plan.py``).
+
+The scheduler asks its policy for a job whenever a worker is free and ends when no job runs and
+the policy has none to give. A policy answers with a ``TrialJob``, ``None`` (nothing to start
+now), or a ``TrialOutcome`` for a trial that failed before it started (a sampled config that
+does not validate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.plan import CANDIDATE, FINAL, SEARCH, Clock, Observed, Plan, Timeline
+from sweeps.space import SearchSpace, sample, to_overrides
+from sweeps.storage import beat
+from sweeps.worker import SCORE_ATTRS, TrialJob, TrialOutcome
+from tbptt.errors import ConfigError
+from tbptt.train import typed
+
+log = logging.getLogger(__name__)
+USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re-runs
+PHASE, PARENT, EXTRA = "phase", "parent", "extra"  # user attrs of enqueued continuations
+JOB_ATTRS = (PHASE, PARENT, EXTRA, "init_from", "threads", "score", "score_file", "target_flops")
+Next = TrialJob | TrialOutcome | None
+Spec = Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]  # attrs -> overrides, job
+
+
+def phase_of(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get(PHASE, SEARCH))
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Search trials that count towards ``n_trials``: all, except failures that were retried."""
+    retried = {t.user_attrs.get("retried_trial") for t in trials}
+    return sum(
+        1
+        for t in trials
+        if phase_of(t) == SEARCH and (t.state != TrialState.FAIL or t.number not in retried)
+    )
+
+
+def flops_overrides(max_flops: int, eval_every: int) -> list[str]:
+    """A trial budget in FLOPs, replacing any budget in tokens."""
+    return [
+        "trainer.max_tokens=null",
+        f"trainer.max_flops={max_flops}",
+        "trainer.eval_every_tokens=null",
+        f"trainer.eval_every_flops={eval_every}",
+    ]
+
+
+class TrialMaker:
+    """Asks the study for a trial (a new one, or an enqueued retry or continuation), samples
+    its parameters and turns it into a job; a config that does not validate fails at once."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, compose: Any) -> None:
+        self.study, self.space, self.compose = study, space, compose
+
+    def make(self, spec: Spec) -> TrialJob | TrialOutcome:
+        trial = self.study.ask()
+        beat(self.study._storage, trial._trial_id)
+        values = sample(trial, self.space, self.compose)
+        extra, job = spec(trial.user_attrs)
+        overrides = [*self.space.fixed, *to_overrides(values), *extra]
+        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("replay", [o for o in overrides if o != "trainer.resume=true"])
+        try:
+            typed(self.compose(overrides))
+        except ConfigError as err:
+            return self.fail(trial, str(err))
+        return TrialJob(trial.number, trial._trial_id, tuple(overrides), **job)
+
+    def fail(self, trial: optuna.Trial, reason: str) -> TrialOutcome:
+        trial.set_user_attr("fail_reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        return TrialOutcome(trial.number, "FAIL", None, reason, "")
+
+
+class CountPolicy:
+    """Trials until the study holds ``n_trials`` (retried failures not counted), or until
+    ``timeout`` seconds have passed."""
+
+    def __init__(
+        self, maker: TrialMaker, n_trials: int, timeout: float | None, clock: Clock
+    ) -> None:
+        self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
+
+    def next_job(self, busy: int) -> Next:
+        if self.timeout is not None and self.clock.elapsed() > self.timeout:
+            return None
+        study = self.maker.study
+        if counted(study.get_trials(deepcopy=False)) >= self.n_trials:
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return None  # the total is reached and no retry waits
+        return self.maker.make(lambda attrs: ([], {}))
+
+    def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+
+class BudgetPolicy:
+    """Search, train the best candidates on, train the winner long: all within the plan's
+    budget (see sweeps/plan.py). Continuations are enqueued trials with their parent's
+    parameters; their attrs say what to continue and with which budget, so a killed sweep
+    re-runs them alike.
+
+    Args:
+        maker: turns trials into jobs.
+        timeline: the plan and its clock.
+        n_trials: at most this many search trials.
+        workers: worker processes (the final run takes all their threads).
+    """
+
+    def __init__(self, maker: TrialMaker, timeline: Timeline, n_trials: int, workers: int):
+        self.maker, self.timeline, self.n_trials, self.workers = maker, timeline, n_trials, workers
+        self.plan: Plan = timeline.plan
+        self.phase = self._phase_now()
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.maker.study
+
+    def _trials(self, phase: str, states: tuple[TrialState, ...] | None = None) -> list[Any]:
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return [t for t in trials if phase_of(t) == phase]
+
+    def _phase_now(self) -> str:
+        for phase in (FINAL, CANDIDATE):
+            if self._trials(phase):
+                return phase
+        return SEARCH
+
+    def tick(self) -> None:
+        self.study.set_user_attr(USED_ATTR, self.timeline.clock.elapsed())
+
+    def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        if job.phase == SEARCH and outcome.flops and outcome.seconds:
+            self.timeline.observe(Observed(outcome.flops, outcome.seconds))
+        self.tick()
+
+    def next_job(self, busy: int) -> Next:
+        if self.phase == SEARCH:
+            if self._waiting(SEARCH) or self._search_open():
+                return self.maker.make(self._spec)
+            if busy:
+                return None  # the candidates are chosen once every search trial has ended
+            self.phase = CANDIDATE if self._enqueue_candidates() else FINAL
+            if self.phase == FINAL:
+                self._enqueue_final(self._best_search())
+        if self.phase == CANDIDATE:
+            if self._waiting(CANDIDATE):
+                return self.maker.make(self._spec)
+            if busy:
+                return None
+            self.phase = FINAL
+            self._enqueue_final(self._winner())
+        if self._waiting(FINAL):
+            return self.maker.make(self._spec)
+        return None
+
+    def _waiting(self, phase: str) -> bool:
+        return bool(self._trials(phase, (TrialState.WAITING,)))
+
+    def _search_open(self) -> bool:
+        if counted(self.study.get_trials(deepcopy=False)) >= self.n_trials:
+            return False
+        return self.timeline.search_open()
+
+    # -- what each phase's jobs look like ----------------------------------------------------
+
+    def _spec(self, attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        phase = attrs.get(PHASE, SEARCH)
+        plan, clock = self.plan, self.timeline.clock
+        if phase == SEARCH:
+            extra = flops_overrides(plan.trial_flops, plan.eval_every_flops)
+            deadline = clock.wall_at(plan.search_end)
+            return extra, {"deadline": deadline, "target_flops": plan.trial_flops}
+        job: dict[str, Any] = {
+            "phase": phase,
+            "prune": False,  # continuations are compared by the plan, not by the pruner
+            "init_from": attrs["init_from"],
+            "threads": attrs.get("threads"),
+            "score": tuple(attrs.get("score", ())),
+            "score_file": attrs.get("score_file", "checkpoint.pt"),
+        }
+        if phase == CANDIDATE:
+            deadline = clock.wall_at(self.timeline.candidate_deadline())
+            job.update(deadline=deadline, target_flops=attrs["target_flops"])
+        return list(attrs[EXTRA]), job
+
+    def _enqueue(self, parent: FrozenTrial, attrs: dict[str, Any]) -> None:
+        attrs = {PARENT: parent.number, "init_from": parent.user_attrs["job_dir"], **attrs}
+        self.study.enqueue_trial(parent.params, user_attrs=attrs, skip_if_exists=False)
+
+    def _drop_waiting_search(self) -> None:
+        """Retries still waiting when the search ends are not run: fail them, saying why."""
+        for _ in self._trials(SEARCH, (TrialState.WAITING,)):
+            self.maker.fail(self.study.ask(), "not run: the search phase ended")
+
+    def _complete(self, phase: str) -> list[FrozenTrial]:
+        return self._trials(phase, (TrialState.COMPLETE,))
+
+    def _ranked(self, phase: str) -> list[FrozenTrial]:
+        sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+        return sorted(self._complete(phase), key=lambda t: sign * float(t.value or 0.0))
+
+    def _best_search(self) -> FrozenTrial | None:
+        done = self._ranked(SEARCH)
+        return done[0] if done else None
+
+    def _enqueue_candidates(self) -> bool:
+        """The k best search trials, each trained on to the same r1 FLOPs, side by side."""
+        self._drop_waiting_search()
+        best = self._ranked(SEARCH)[: self.plan.candidates]
+        if len(best) < 2:
+            return False  # nothing to choose between: the best goes straight to the final
+        rates = [rate_of(t) for t in best]
+        start = max(int(t.user_attrs.get("flops", 0)) for t in best)
+        r1 = self.timeline.candidate_flops(start, rates)
+        if r1 is None:
+            return False
+        threads = max(1, self.workers // len(best))
+        for trial in best:
+            extra = [*flops_overrides(r1, max(1, r1 // 12)), "trainer.resume=true"]
+            self._enqueue(trial, {PHASE: CANDIDATE, EXTRA: extra, "threads": threads,
+                                  "score": ["val"], "target_flops": r1})  # fmt: skip
+        log.info("candidates %s trained on to %.3g FLOPs", [t.number for t in best], r1)
+        return True
+
+    def _winner(self) -> FrozenTrial | None:
+        scored = [t for t in self._complete(CANDIDATE) if SCORE_ATTRS["val"] in t.user_attrs]
+        if not scored:
+            return self._best_search()
+        return min(scored, key=lambda t: t.user_attrs[SCORE_ATTRS["val"]])
+
+    def _enqueue_final(self, winner: FrozenTrial | None) -> None:
+        """The winner trained on with every thread, its lr annealed to 0 at F FLOPs."""
+        if winner is None:
+            log.warning("no trial completed: nothing to train on")
+            return
+        start = int(winner.user_attrs.get("flops", 0))
+        alone = int(winner.user_attrs.get("threads") or 1) == 1  # it shared the machine
+        rate = rate_of(winner) * (self.plan.speedup if alone and self.workers > 1 else 1.0)
+        scoring = float(winner.user_attrs.get("score_seconds", 0.0)) * 2 + 2.0
+        final = self.timeline.final_flops(start, rate, scoring)
+        if final is None:
+            log.warning("the budget is spent: the best trial so far is the result")
+            return
+        anneal = self.plan.anneal * (final - start) / final
+        # A safety net, not the plan: the trainer's clock includes the winner's earlier jobs.
+        seconds = float(winner.user_attrs.get("wall_seconds", 0.0))
+        seconds += self.timeline.final_seconds(scoring)
+        extra = [*flops_overrides(final, max(1, final // 20)), f"trainer.anneal={anneal:.6g}",
+                 f"trainer.max_seconds={math.ceil(seconds)}", "trainer.resume=true"]  # fmt: skip
+        self._enqueue(winner, {PHASE: FINAL, EXTRA: extra, "threads": self.workers,
+                               "score": ["val", "test"], "score_file": "best.pt"})  # fmt: skip
+        log.info("final: trial %d trained on to %.3g FLOPs", winner.number, final)
+
+
+def rate_of(trial: FrozenTrial) -> float:
+    """Training FLOP/s of a finished trial's last job (its continued part, for continuations)."""
+    attrs = trial.user_attrs
+    flops, seconds = float(attrs.get("flops", 0)), float(attrs.get("wall_seconds", 0.0))
+    start, start_seconds = float(attrs.get("start_flops", 0)), float(attrs.get("start_seconds", 0))
+    if seconds - start_seconds <= 0:
+        return math.nan
+    return (flops - start) / (seconds - start_seconds)
