@@ -18,12 +18,21 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import memory, orchestration, overlap, report, scaling, search, throughput
+from benchmarks import (
+    memory,
+    orchestration,
+    overlap,
+    payoff,
+    report,
+    scaling,
+    search,
+    throughput,
+)
 from benchmarks.common import ROOT, Row
 
 IN_PROCESS: list[Callable[[bool], list[Row]]] = [throughput.run, overlap.run]
 CHILD_PROCESSES: list[Callable[[bool], list[Row]]] = [
-    memory.run, orchestration.run, scaling.run, search.run,
+    memory.run, orchestration.run, scaling.run, search.run, payoff.run,
 ]  # fmt: skip
 CORPUS = ROOT / "data" / "shakespeare.txt"
 

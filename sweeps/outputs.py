@@ -59,7 +59,7 @@ def final_trial(study: optuna.Study) -> FrozenTrial | None:
     """A budgeted sweep's final model: its completed, scored final run (None: none yet)."""
     finals = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if t.user_attrs.get("phase") == "final" and "test_loss" in t.user_attrs
     ]
     return finals[-1] if finals else None
@@ -118,9 +118,9 @@ class SweepOutputs:
 
     def _write_best(self, study: optuna.Study) -> None:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            return
         final = final_trial(study)
+        if not complete and final is None:
+            return
         best = final or study.best_trial
         overrides = replay(best)
         doc: dict[str, Any] = {
@@ -146,6 +146,7 @@ def final_model(final: FrozenTrial) -> dict[str, Any]:
             "val_loss": attrs.get("full_val_loss"),  # the whole validation split
             "test_loss": attrs.get("test_loss"),  # the held-out test split
             "checkpoint": str(job_dir / "best.pt"),
+            "stopped": attrs.get("stop_reason"),  # e.g. diverged: its best weights stand
             "continues": attrs.get("parent"),
             "flops": attrs.get("flops"),
             "tokens": attrs.get("tokens"),

@@ -193,7 +193,7 @@ class TrialRunner:
         reporter = PruningReporter(trial, job)
         ret, job_dir = self._run_job(job, reporter)
         outcome = classify(job.number, ret, reporter, job_dir)
-        if job.score and outcome.state == "COMPLETE":
+        if job.score and self._scorable(job, outcome):
             outcome = self._score(job, outcome, job_dir, trial)
         outcome = replace(outcome, seconds=time.perf_counter() - started)
         tell(study, trial, outcome, job_dir)
@@ -218,6 +218,12 @@ class TrialRunner:
             why = _summary(exc) if isinstance(exc, BaseException) else "no FLOPs recorded"
             raise CalibrationError(f"measuring the training speed failed: {why}")
         return flops / seconds
+
+    @staticmethod
+    def _scorable(job: TrialJob, outcome: TrialOutcome) -> bool:
+        """Completed runs, and a final run stopped early (diverged): its best.pt stands."""
+        stopped = outcome.state == "PRUNED" and job.score_file == "best.pt"
+        return outcome.state == "COMPLETE" or stopped
 
     def _score(
         self, job: TrialJob, outcome: TrialOutcome, job_dir: Path, trial: optuna.Trial
