@@ -365,16 +365,36 @@ def _best(doc: Document, results: SweepResults) -> None:
         overrides = row["overrides"] if pd.notna(row["overrides"]) else ""
         best = {"trial": number, "value": float(row["value"]), "params": params}
         best["command"] = f"python -m tbptt.train {overrides}".strip()
-    doc.text(
-        f"Trial **{best['trial']}** reached **{best['value']:.4g}** nats/char "
-        f"({best['value'] / math.log(2):.4g} bits/char). Reproduce it as a single run:"
-    )
+    final = best.get("final")
+    if isinstance(final, dict):
+        _final(doc, best, final)
+    else:
+        doc.text(
+            f"Trial **{best['trial']}** reached **{best['value']:.4g}** nats/char "
+            f"({best['value'] / math.log(2):.4g} bits/char). Reproduce it as a single run:"
+        )
     doc.code(str(best["command"]))
     params = best.get("params") or {}
     if params:
         doc.table(pd.DataFrame({"parameter": list(params), "value": list(params.values())}))
     if best.get("storage"):
         doc.text(f"Study `{best.get('study_name')}` in `{best['storage']}`.")
+
+
+def _final(doc: Document, best: dict, final: dict) -> None:
+    """A budgeted sweep's answer: its final model, scored on the whole splits."""
+    val, test = float(final.get("val_loss", math.nan)), float(final.get("test_loss", math.nan))
+    reason = final.get("stopped")
+    stopped = f" It stopped early ({reason}); its best weights stand." if reason else ""
+    doc.text(
+        f"The final model (trial **{best['trial']}**, trained on from trial "
+        f"{final.get('continues')}) reached **{val:.4f}** nats/char on the whole validation "
+        f"split and **{test:.4f}** nats/char ({test / math.log(2):.4f} bits/char) on the "
+        f"held-out test split, after {final.get('tokens') or 0:,} characters and "
+        f"{float(final.get('flops') or 0):.3g} FLOPs.{stopped} Its weights: "
+        f"`{final.get('checkpoint')}`; sample from them with `{final.get('sample')}`. "
+        "Reproduce it as a single run:"
+    )
 
 
 def _best_yaml(sweep_dir: Path) -> dict | None:

@@ -123,12 +123,12 @@ class NopPrunerConfig:
 class PlanConfig:
     """How a sweep with ``hydra.sweeper.budget`` spends it (see ``sweeps/plan.py``)."""
 
-    search: float = 0.3  # share of the budget for the search (Optuna trials, pruned)
+    search: float = 0.25  # share of the budget for the search (Optuna trials, pruned)
     full_trials: int = 5  # a full search trial takes search time / full_trials of compute
     trial_evals: int = 9  # evaluations (pruning steps) per full search trial
     candidates: int | None = None  # best search trials trained on (null: n_jobs, at most 4)
-    candidate_share: float = 0.15  # share of the budget for training the candidates on
-    anneal: float = 1.0  # the final run's lr decays to 0 over this share of its continuation
+    candidate_share: float = 0.1  # share of the budget for training the candidates on
+    anneal: float = 0.95  # the final run's lr decays to 0 over this share of its time
 
 
 @dataclass
@@ -157,6 +157,9 @@ class SweeperConfig:
     grace_period: float = 30.0  # a RUNNING trial without heartbeat for this long is stale
     storage_patience: float = 60.0  # seconds to wait out an unreachable storage server
     params: dict[str, str] = field(default_factory=dict)
+    # Parameter sets to try first (a known-good configuration, the defaults a plain run would
+    # use), enqueued when the study is created; keys are params' keys, values their values.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
 
 
 SAMPLERS = {

@@ -5,8 +5,8 @@ Three phases share the budget T, start-up included and counted across re-runs of
     0 .......... search .......... S | ... candidates ... C | ........... final ........... T
       Optuna trials of r0 FLOPs each,   the k best search      the best candidate (by the
       pruned by the pruner (ASHA:       trials trained on to   full validation split) trained
-      r0/9, r0/3, r0); a trial starts   r1 FLOPs side by side, on to F FLOPs on every core,
-      only if it can reach r0 by S      then scored on the     its lr annealed to 0; its
+      r0/9, r0/3, r0); a trial starts   r1 FLOPs side by side, on for the time left on every
+      only if it can reach r0 by S      then scored on the     core, its lr annealed to 0;
                                         full validation split  best.pt scored on val and test
 
 Why three: short trials mislead (short-horizon bias: small models and large step sizes look best
@@ -70,8 +70,8 @@ class Plan:
 
     Example:
         >>> plan = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8)
-        >>> plan.trial_flops  # 8e10 FLOP/s x (162 - 8) s / 5 full trials
-        2464000000000
+        >>> plan.trial_flops  # 8e10 FLOP/s x (135 - 8) s / 5 full trials
+        2032000000000
     """
 
     budget: float
@@ -163,9 +163,11 @@ class Clock:
 
 @dataclass(frozen=True)
 class Observed:
-    """What a finished job tells about speed: FLOPs trained in how many seconds of its job."""
+    """What a finished job tells about speed: FLOPs trained in how many seconds of training,
+    and the seconds of its whole job (start-up and evaluations included)."""
 
     flops: int
+    train_seconds: float
     seconds: float
 
 
@@ -187,19 +189,20 @@ class Timeline:
         self._seen: list[Observed] = []
 
     def observe(self, seen: Observed) -> None:
-        if seen.flops > 0 and seen.seconds > 0:
+        if seen.flops > 0 and 0 < seen.train_seconds <= seen.seconds:
             self._seen.append(seen)
 
-    def search_rate(self) -> float:
-        """FLOP/s a search trial achieves, start-up and evaluations included: the median of
-        the trials seen, else the calibrated rate less an allowance for start-up."""
+    def trial_seconds(self) -> float:
+        """How long a full search trial takes: the median start-up of the trials seen plus r0
+        at their median training rate (before any: the calibrated rate, a default start-up)."""
         if not self._seen:
-            return self.plan.rate * 0.8
-        return statistics.median(s.flops / s.seconds for s in self._seen)
+            return START_SECONDS + self.plan.trial_flops / (RATE_MARGIN * self.plan.rate)
+        rate = statistics.median(s.flops / s.train_seconds for s in self._seen)
+        start = statistics.median(s.seconds - s.train_seconds for s in self._seen)
+        return start + self.plan.trial_flops / rate
 
     def search_open(self) -> bool:
-        seconds = START_SECONDS + self.plan.trial_flops / self.search_rate()
-        return self.clock.elapsed() + seconds <= self.plan.search_end
+        return self.clock.elapsed() + self.trial_seconds() <= self.plan.search_end
 
     def candidate_flops(self, start_flops: int, rates: Sequence[float]) -> int | None:
         """r1: the same compute for every candidate, so that they compare fairly: what the
@@ -217,13 +220,6 @@ class Timeline:
         """Training seconds the final run has before T, start-up and scoring kept aside."""
         reserve = START_SECONDS + eval_seconds + END_SECONDS
         return self.plan.budget - self.clock.elapsed() - reserve
-
-    def final_flops(self, start_flops: int, rate: float, eval_seconds: float) -> int | None:
-        """F: what the winner trains at ``rate`` (every core) before T, scoring included."""
-        seconds = self.final_seconds(eval_seconds)
-        if seconds <= 0 or not math.isfinite(rate):
-            return None
-        return start_flops + int(RATE_MARGIN * rate * seconds)
 
     def remaining(self, until: float) -> float:
         return until - self.clock.elapsed()

@@ -20,12 +20,14 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.plan import CANDIDATE, FINAL, SEARCH, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
 from sweeps.storage import beat
-from sweeps.worker import SCORE_ATTRS, TrialJob, TrialOutcome
+from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
 from tbptt.errors import ConfigError
 from tbptt.train import typed
 
 log = logging.getLogger(__name__)
 USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re-runs
+# A continuation resumes its parent's checkpoint within its time: its replay trains from scratch.
+NOT_REPLAYED = ("trainer.resume=", "trainer.max_seconds=")
 PHASE, PARENT, EXTRA = "phase", "parent", "extra"  # user attrs of enqueued continuations
 JOB_ATTRS = (PHASE, PARENT, EXTRA, "init_from", "threads", "score", "score_file", "target_flops")
 Next = TrialJob | TrialOutcome | None
@@ -70,7 +72,7 @@ class TrialMaker:
         extra, job = spec(trial.user_attrs)
         overrides = [*self.space.fixed, *to_overrides(values), *extra]
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("replay", [o for o in overrides if o != "trainer.resume=true"])
+        trial.set_user_attr("replay", [o for o in overrides if not o.startswith(NOT_REPLAYED)])
         try:
             typed(self.compose(overrides))
         except ConfigError as err:
@@ -125,6 +127,9 @@ class BudgetPolicy:
         self.maker, self.timeline, self.n_trials, self.workers = maker, timeline, n_trials, workers
         self.plan: Plan = timeline.plan
         self.phase = self._phase_now()
+        self._shared_threads = 1
+        if self.phase == FINAL:
+            self._replan_final()
 
     @property
     def study(self) -> optuna.Study:
@@ -140,12 +145,23 @@ class BudgetPolicy:
                 return phase
         return SEARCH
 
+    def _replan_final(self) -> None:
+        """A re-run whose final run was killed: its retry would train to a budget planned for
+        the time left then; plan it anew for the time left now."""
+        done = self._trials(FINAL, (TrialState.COMPLETE, TrialState.PRUNED))
+        waiting = self._trials(FINAL, (TrialState.WAITING,))
+        if done or not waiting:
+            return
+        for _ in waiting:
+            self.maker.fail(self.study.ask(), "re-planned: the sweep was re-run")
+        self._enqueue_final(self._winner())
+
     def tick(self) -> None:
         self.study.set_user_attr(USED_ATTR, self.timeline.clock.elapsed())
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
-        if job.phase == SEARCH and outcome.flops and outcome.seconds:
-            self.timeline.observe(Observed(outcome.flops, outcome.seconds))
+        if job.phase == SEARCH:
+            self.timeline.observe(Observed(outcome.flops, outcome.train_seconds, outcome.seconds))
         self.tick()
 
     def next_job(self, busy: int) -> Next:
@@ -153,6 +169,7 @@ class BudgetPolicy:
             if self._waiting(SEARCH) or self._search_open():
                 return self.maker.make(self._spec)
             if busy:
+                self._share_idle_cores(busy)
                 return None  # the candidates are chosen once every search trial has ended
             self.phase = CANDIDATE if self._enqueue_candidates() else FINAL
             if self.phase == FINAL:
@@ -167,6 +184,15 @@ class BudgetPolicy:
         if self._waiting(FINAL):
             return self.maker.make(self._spec)
         return None
+
+    def _share_idle_cores(self, busy: int) -> None:
+        """The last search trials may take the threads of the workers that wait for them."""
+        threads = max(1, self.workers // busy)
+        if threads <= self._shared_threads:
+            return
+        for trial in self._trials(SEARCH, (TrialState.RUNNING,)):
+            self.study._storage.set_trial_system_attr(trial._trial_id, THREADS_ATTR, threads)
+        self._shared_threads = threads
 
     def _waiting(self, phase: str) -> bool:
         return bool(self._trials(phase, (TrialState.WAITING,)))
@@ -244,27 +270,34 @@ class BudgetPolicy:
         return min(scored, key=lambda t: t.user_attrs[SCORE_ATTRS["val"]])
 
     def _enqueue_final(self, winner: FrozenTrial | None) -> None:
-        """The winner trained on with every thread, its lr annealed to 0 at F FLOPs."""
+        """The winner trained on with every thread for the seconds left, at a constant lr for
+        its first (1 - plan.anneal), then annealed to 0 over the FLOPs its measured speed
+        reaches in the rest (see tbptt.trainer.Budget.planned)."""
         if winner is None:
             log.warning("no trial completed: nothing to train on")
+            return
+        scoring = float(winner.user_attrs.get("score_seconds", 0.0)) * 2 + 2.0
+        available = self.timeline.final_seconds(scoring)
+        if available <= 0:
+            log.warning("the budget is spent: the best trial so far is the result")
             return
         start = int(winner.user_attrs.get("flops", 0))
         alone = int(winner.user_attrs.get("threads") or 1) == 1  # it shared the machine
         rate = rate_of(winner) * (self.plan.speedup if alone and self.workers > 1 else 1.0)
-        scoring = float(winner.user_attrs.get("score_seconds", 0.0)) * 2 + 2.0
-        final = self.timeline.final_flops(start, rate, scoring)
-        if final is None:
-            log.warning("the budget is spent: the best trial so far is the result")
-            return
-        anneal = self.plan.anneal * (final - start) / final
-        # A safety net, not the plan: the trainer's clock includes the winner's earlier jobs.
-        seconds = float(winner.user_attrs.get("wall_seconds", 0.0))
-        seconds += self.timeline.final_seconds(scoring)
-        extra = [*flops_overrides(final, max(1, final // 20)), f"trainer.anneal={anneal:.6g}",
-                 f"trainer.max_seconds={math.ceil(seconds)}", "trainer.resume=true"]  # fmt: skip
+        guess = start + int(rate * available) if math.isfinite(rate) else 2 * start + 1
+        # The trainer's clock includes the winner's earlier jobs.
+        seconds = float(winner.user_attrs.get("wall_seconds", 0.0)) + available
+        extra = [
+            "trainer.max_tokens=null", "trainer.max_flops=null",
+            f"trainer.max_seconds={seconds:.6g}",
+            f"trainer.anneal={self.plan.anneal * available / seconds:.6g}",
+            "trainer.eval_every_tokens=null", f"trainer.eval_every_flops={max(1, guess // 20)}",
+            "trainer.resume=true",
+        ]  # fmt: skip
         self._enqueue(winner, {PHASE: FINAL, EXTRA: extra, "threads": self.workers,
                                "score": ["val", "test"], "score_file": "best.pt"})  # fmt: skip
-        log.info("final: trial %d trained on to %.3g FLOPs", winner.number, final)
+        log.info("final: trial %d trained on for %.0f s (about %.3g FLOPs)", winner.number,
+                 available, guess)  # fmt: skip
 
 
 def rate_of(trial: FrozenTrial) -> float:

@@ -10,6 +10,7 @@ lives in ``hydra.sweeper.storage``; re-running the same command continues it up 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -182,19 +183,26 @@ class OptunaSweeper(Sweeper):
     def _study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = open_storage(self.cfg.storage, sweep_dir, float(self.cfg.storage_patience))
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=self.cfg.study_name,
             storage=storage,
-            sampler=self._sampler(space),
+            sampler=self._sampler(space, self.cfg.sampler.seed),
             pruner=instantiate(self.cfg.pruner),
             direction=self.cfg.direction,
             load_if_exists=True,
         )
+        existing = len(study.get_trials(deepcopy=False))
+        if existing == 0:
+            enqueue_first(study, space, self.cfg.enqueue)
+        seed = sampler_seed(self.cfg.sampler.seed, existing, self.cfg.storage)
+        if seed != self.cfg.sampler.seed:
+            study.sampler = self._sampler(space, seed)
+        return study
 
-    def _sampler(self, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    def _sampler(self, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
         if self.cfg.sampler._target_ == "optuna.samplers.GridSampler":
-            return instantiate(self.cfg.sampler, search_space=grid_space(space))
-        return instantiate(self.cfg.sampler)
+            return instantiate(self.cfg.sampler, search_space=grid_space(space), seed=seed)
+        return instantiate(self.cfg.sampler, seed=seed)
 
     def _recover(self, study: optuna.Study, all_running: bool) -> None:
         grace = -1.0 if all_running else float(self.cfg.grace_period)
@@ -286,6 +294,41 @@ class OptunaSweeper(Sweeper):
             plan.search_end, plan.candidates_end, plan.budget, plan.trial_flops, rate, speedup,
         )  # fmt: skip
         return plan
+
+
+def enqueue_first(study: optuna.Study, space: SearchSpace, points: Any) -> None:
+    """``hydra.sweeper.enqueue``: parameter sets the search tries before sampling any."""
+    keys = {p.key: p for p in space.params}
+    for i, point in enumerate(OmegaConf.to_container(points) or []):  # type: ignore[union-attr]
+        where = f"hydra.sweeper.enqueue[{i}]"
+        if not isinstance(point, dict):
+            raise ConfigError(f"{where} must be a mapping of swept keys to values, got {point!r}")
+        for key, value in point.items():
+            if key not in keys:
+                raise ConfigError(f"{where}: {key!r} is not a swept key ({', '.join(keys)})")
+            if not admits(keys[key].distribution, value):
+                raise ConfigError(f"{where}: {key}={value!r} is outside {keys[key].distribution}")
+        study.enqueue_trial(point, skip_if_exists=True)
+
+
+def admits(dist: Any, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return bool(dist.low <= value <= dist.high)
+
+
+def sampler_seed(seed: int | None, existing: int, storage: str | None) -> int | None:
+    """The seed of this process's sampler. A new study in this process alone keeps ``seed``, so
+    an uninterrupted sweep is reproducible. A re-run (the study has trials) or a process sharing
+    its study gets a seed of its own, derived from ``seed``: with the same seed it would replay
+    the parameters the first run already tried."""
+    if seed is None or (existing == 0 and storage is None):
+        return seed
+    salt = (existing, os.getpid()) if storage is not None else (existing,)
+    digest = hashlib.sha256(repr((seed, *salt)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def calibrate(pool: WorkerPool, overrides: list[str], seconds: float) -> tuple[float, float]:

@@ -37,6 +37,7 @@ CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet"
                     "grad_flow.parquet")  # fmt: skip
 SCORE_ATTRS = {"val": "full_val_loss", "test": "test_loss"}  # user attrs of scored trials
 PRUNER_ATTR = "sweeps:pruner"  # study attr: the pruner config a budget plan sized
+THREADS_ATTR = "sweeps:threads"  # trial system attr: more threads, now that cores are idle
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ class PruningReporter:
         self._deadline = job.deadline if job else None
         self._target = job.target_flops if job else None
         self._first: tuple[float, int] | None = None  # (time, flops) at the first evaluation
+        self._threads = job.threads if job else None
         self.pruned_at: int | None = None
 
     def __call__(self, point: EvalPoint) -> None:
+        self._take_idle_cores()
         self._trial.report(point.val_loss, point.step)
         if point.final:
             return  # it trained its whole budget: pruning now would save nothing
@@ -114,6 +117,15 @@ class PruningReporter:
             self.pruned_at = point.tokens
             raise StopRun(f"pruned at token {point.tokens}")
         self._check_time(point)
+
+    def _take_idle_cores(self) -> None:
+        attrs = self._trial.storage.get_trial_system_attrs(self._trial._trial_id)
+        threads = attrs.get(THREADS_ATTR)
+        if threads and threads != self._threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+            self._threads = int(threads)
 
     def _check_time(self, point: EvalPoint) -> None:
         if self._deadline is None or self._target is None:
@@ -318,12 +330,22 @@ def classify(
     return replace(done, value=float(value))
 
 
+def planned_replay(replay: list[str], result: dict[str, Any]) -> list[str]:
+    """A time-budgeted run's replay: the FLOP budget and anneal it fixed, not its seconds."""
+    timed = ("trainer.max_flops=", "trainer.anneal=", "trainer.max_seconds=")
+    kept = [o for o in replay if not o.startswith(timed)]
+    return [*kept, f"trainer.max_flops={result['planned_flops']}",
+            f"trainer.anneal={result['planned_anneal']!r}"]  # fmt: skip
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, job_dir: Path) -> None:
     result = read_result(job_dir)
     trial.set_user_attr("job_dir", str(job_dir))
     for key in ("tokens", "flops", "wall_seconds", "best_val_loss", "final_val_loss"):
         if key in result and isinstance(result[key], int | float) and math.isfinite(result[key]):
             trial.set_user_attr(key, result[key])
+    if result.get("planned_flops") is not None:  # a time budget became FLOPs: replay those
+        trial.set_user_attr("replay", planned_replay(trial.user_attrs.get("replay", []), result))
     if outcome.reason:
         key = "fail_reason" if outcome.state == "FAIL" else "stop_reason"
         trial.set_user_attr(key, outcome.reason)

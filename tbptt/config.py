@@ -349,10 +349,6 @@ class TrainerConfig:
         )
         check(0 <= self.anneal < 1, f"trainer.anneal must be in [0, 1), got {self.anneal}")
         check(
-            not self.anneal or self.max_tokens is not None or self.max_flops is not None,
-            "trainer.anneal needs trainer.max_tokens or trainer.max_flops",
-        )
-        check(
             self.objective in ("best", "final"),
             f"trainer.objective must be 'best' or 'final', got {self.objective!r}",
         )

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ LN2 = math.log(2.0)
 BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best validation loss
 UNITS = ("tokens", "flops")
 EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
+RATE_WINDOW_S = 2.0  # a time budget is turned into FLOPs after measuring at least this long
 DIVERGENCE_MARGIN = 0.1  # nats: near a zero loss, a factor alone would flag noise as climbing
 
 
@@ -76,7 +77,10 @@ class Budget:
     equal compute.
 
     ``anneal``: over the last fraction of the token/FLOP budget the learning rate decays
-    linearly to 0 (0: constant).
+    linearly to 0 (0: constant). With only ``max_seconds``, the run trains at a constant rate
+    for the first (1 - anneal) of its seconds, then fixes the FLOP budget that its measured
+    speed reaches in the rest (:meth:`planned`) and anneals over it: a time budget that ends
+    annealed, and a FLOP budget (in ``result.json``) that replays it exactly.
     """
 
     eval_every: int
@@ -93,8 +97,25 @@ class Budget:
             raise ValueError(f"budget unit must be one of {UNITS}, got {self.unit!r}")
         if self.max_tokens is None and self.max_flops is None and self.max_seconds is None:
             raise ValueError("a budget needs max_tokens, max_flops or max_seconds")
-        if self.anneal and self.max_tokens is None and self.max_flops is None:
-            raise ValueError("trainer.anneal needs trainer.max_tokens or trainer.max_flops")
+        if not 0 <= self.anneal < 1:
+            raise ValueError(f"trainer.anneal must be in [0, 1), got {self.anneal}")
+
+    @property
+    def by_time(self) -> bool:
+        """Annealed within a time limit alone: the FLOP budget is fixed during the run."""
+        limits = (self.max_tokens, self.max_flops)
+        return bool(self.anneal) and self.max_seconds is not None and limits == (None, None)
+
+    def planned(self, flops: int, rate: float, seconds: float) -> Budget:
+        """The FLOP budget a run at ``rate`` FLOP/s reaches in the rest of ``max_seconds``,
+        ``seconds`` in: annealed from here to its end."""
+        assert self.max_seconds is not None
+        end = flops + max(1, int(rate * (self.max_seconds - seconds)))
+        return replace(self, max_flops=end, anneal=min(0.999999, (end - flops) / end))
+
+    def plan_due(self, seconds: float) -> bool:
+        assert self.max_seconds is not None
+        return seconds >= (1 - self.anneal) * self.max_seconds
 
     def fraction(self, tokens: int, flops: int) -> float:
         """How much of the token/FLOP budget is spent, in [0, 1] (0 without such limits)."""
@@ -139,6 +160,8 @@ class TrainState:
     last_val_loss: float = math.inf
     loss_ema: float = math.nan
     best_loss_ema: float = math.inf
+    planned_flops: int | None = None  # a time budget's FLOP budget, once fixed (Budget.planned)
+    planned_anneal: float | None = None
     elapsed: float = 0.0
     stop_reason: str | None = None
 
@@ -153,6 +176,8 @@ class RunResult:
     best_val_loss: float
     final_val_loss: float
     wall_seconds: float
+    planned_flops: int | None = None  # a time budget turned into FLOPs: replay with these
+    planned_anneal: float | None = None
 
     def objective(self, kind: str = "best") -> float:
         return self.best_val_loss if kind == "best" else self.final_val_loss
@@ -261,16 +286,30 @@ class Trainer:
             best_val_loss=s.best_val_loss,
             final_val_loss=s.last_val_loss,
             wall_seconds=s.elapsed,
+            planned_flops=s.planned_flops,
+            planned_anneal=s.planned_anneal,
         )
 
     def _train(self, started: float) -> None:
         s = self.state
+        mark = (time.perf_counter(), s.flops)  # this call's start: its speed, not a resumed one's
         while not self.budget.spent(s.tokens, s.flops, time.perf_counter() - started):
+            if self.budget.by_time and self.budget.plan_due(time.perf_counter() - started):
+                self._plan_flops(started, mark)
             self.update(started)
             if self._eval_due():
                 self._evaluate(started)
         if s.evals == 0 or s.last_eval_tokens != s.tokens:
             self._evaluate(started)  # the run always ends on an evaluation of its final weights
+
+    def _plan_flops(self, started: float, mark: tuple[float, int]) -> None:
+        now, s = time.perf_counter(), self.state
+        assert self.budget.max_seconds is not None
+        if now - mark[0] < min(RATE_WINDOW_S, 0.2 * self.budget.max_seconds):
+            return  # measure the speed a little first (a resumed run may be due at once)
+        rate = (s.flops - mark[1]) / (now - mark[0])
+        self.budget = self.budget.planned(s.flops, rate, now - started)
+        s.planned_flops, s.planned_anneal = self.budget.max_flops, self.budget.anneal
 
     def step_of(self, tokens: int, flops: int) -> int:
         """A point of the run in the budget's unit (what pruners see as the step)."""
@@ -513,6 +552,9 @@ class Trainer:
         self.schedule.load_state_dict(payload["schedule"])
         self._ahead = deque(Window(*w) for w in payload["ahead"])
         self.state = TrainState(**payload["state"])
+        if self.state.planned_flops is not None and self.budget.by_time:
+            anneal = self.state.planned_anneal or 0.0
+            self.budget = replace(self.budget, max_flops=self.state.planned_flops, anneal=anneal)
         device = self.corpus.train.device
         self._states = {pos: _to(h, device) for pos, h in payload["states"].items()}
         checkpoint.set_rng_state(payload["rng"])

@@ -70,8 +70,8 @@ def test_a_search_trial_starts_only_if_it_can_finish_before_the_search_ends():
     time = FakeTime()
     plan = make_plan(100, PlanConfig(), workers=2, rate=1e9, speedup=1.0, started=0.0)
     timeline = Timeline(plan, Clock(now=time))
-    timeline.observe(Observed(flops=plan.trial_flops, seconds=10.0))  # a full trial: 10 s
-    time.now = plan.search_end - START_SECONDS - 10.0
+    timeline.observe(Observed(flops=plan.trial_flops, train_seconds=9.0, seconds=10.0))
+    time.now = plan.search_end - 10.0  # a full trial: 1 s of start-up, 9 s of training
     assert timeline.search_open()
     time.now += 0.01
     assert not timeline.search_open()
@@ -118,14 +118,19 @@ class FakePool:
     def _run(self, job: TrialJob) -> tuple[float, TrialOutcome]:
         """Train (instantly) and tell the study now; the end time says when it would end."""
         trial = optuna.Trial(self.study, job.trial_id)
-        target = int(float(_override(job, "trainer.max_flops")))
-        start_flops = 0
+        start_flops, parent_seconds = 0, 0.0
         if job.init_from:
             parent = self.study.trials[int(job.init_from)]
             start_flops = parent.user_attrs["flops"]
+            parent_seconds = parent.user_attrs["wall_seconds"]
         threads = job.threads or 1
         rate = RATE * (SPEEDUP if threads > 1 else 1.0)
         start = self.time.now
+        if _override(job, "trainer.max_flops") == "null":  # a time budget (the final run)
+            seconds = float(_override(job, "trainer.max_seconds")) - parent_seconds
+            target = start_flops + int(seconds * rate)
+        else:
+            target = int(float(_override(job, "trainer.max_flops")))
         end = start + START_SECONDS + (target - start_flops) / rate
         flops, state = target, "COMPLETE"
         if job.deadline is not None and end > job.deadline:  # the reporter stops it in time
@@ -136,7 +141,7 @@ class FakePool:
         trial.report(value, flops)
         trial.set_user_attr("job_dir", str(job.number))
         trial.set_user_attr("flops", flops)
-        trial.set_user_attr("wall_seconds", end - start)
+        trial.set_user_attr("wall_seconds", parent_seconds + end - start - START_SECONDS)
         trial.set_user_attr("start_flops", start_flops)
         for split in job.score:
             trial.set_user_attr(SCORE_ATTRS[split], value + 0.01)
@@ -146,7 +151,11 @@ class FakePool:
             self.study.tell(trial, value)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return end, TrialOutcome(job.number, state, value, None, str(job.number), flops, seconds)
+        outcome = TrialOutcome(
+            job.number, state, value, None, str(job.number), flops=flops, seconds=seconds,
+            train_seconds=seconds - START_SECONDS,
+        )
+        return end, outcome
 
 
 def _override(job: TrialJob, key: str) -> str:

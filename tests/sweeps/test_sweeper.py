@@ -123,3 +123,29 @@ def test_bad_sweeper_settings_fail_before_any_trial(tmp_path, arg, message):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert not list(tmp_path.glob("*/result.json"))
+
+
+def test_a_resumed_sweep_continues_the_search_rather_than_replaying_it(tmp_path):
+    args = ("x=interval(-1,1)", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none")
+    for total in (4, 8):
+        proc = sweep(tmp_path, *args, f"hydra.sweeper.n_trials={total}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    xs = [t.params["x"] for t in load(tmp_path)]
+    assert len(xs) == 8 and len(set(xs)) == 8  # no parameter set tried twice
+    again = tmp_path / "again"  # the same seed, uninterrupted: the same first four
+    assert sweep(again, *args, "hydra.sweeper.n_trials=4").returncode == 0
+    assert [t.params["x"] for t in load(again)] == xs[:4]
+
+
+def test_enqueued_points_are_tried_first_and_bad_ones_are_named(tmp_path):
+    args = ("x=interval(-1,1)", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3")
+    proc = sweep(tmp_path / "ok", *args, "hydra.sweeper.enqueue=[{x:0.3}]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [t.params["x"] for t in load(tmp_path / "ok")][0] == 0.3
+    for point, message in [
+        ("{y:0.3}", "hydra.sweeper.enqueue[0]: 'y' is not a swept key"),
+        ("{x:5}", "hydra.sweeper.enqueue[0]: x=5 is outside"),
+    ]:
+        proc = sweep(tmp_path / "bad", *args, f"hydra.sweeper.enqueue=[{point}]")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
+        assert "Traceback" not in proc.stderr

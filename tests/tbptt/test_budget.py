@@ -138,3 +138,32 @@ def test_evaluate_cli_prints_the_test_loss(tiny_cfg, tmp_path):
     assert evaluate.main([f"checkpoint={tmp_path / 'checkpoint.pt'}", "split=val"]).startswith(
         "val_loss="
     )
+
+
+def test_sampling_works_on_the_best_checkpoint(tiny_cfg, tmp_path):
+    from tbptt import sample
+
+    build_trainer(tiny_cfg("optim.lr=0.02"), tmp_path, []).fit()
+    text = sample.main([f"checkpoint={tmp_path / 'best.pt'}", "length=30", "prime=1"])
+    assert len(text) == 31 and set(text) <= set("123 ")
+
+
+def test_a_time_budget_fixes_its_flop_budget_then_anneals_and_replays_exactly(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(
+        "trainer.max_tokens=null", "trainer.max_seconds=3", "trainer.anneal=0.5",
+        "trainer.eval_every_tokens=null", "trainer.eval_every_flops=1e9",
+    )  # fmt: skip
+    result = build_trainer(cfg, tmp_path / "timed", []).fit()
+    assert result.planned_flops is not None and 0 < result.planned_anneal < 0.6
+    steps = pd.read_parquet(tmp_path / "timed" / "steps.parquet")
+    assert steps["lr"].iloc[0] == steps["lr"].max() and steps["lr"].iloc[-1] < 0.1 * 2e-3
+    replay_cfg = tiny_cfg(
+        "trainer.max_tokens=null", f"trainer.max_flops={result.planned_flops}",
+        f"trainer.anneal={result.planned_anneal!r}", "trainer.eval_every_tokens=null",
+        "trainer.eval_every_flops=1e9",
+    )  # fmt: skip
+    replay = build_trainer(replay_cfg, tmp_path / "replay", []).fit()
+    assert replay.updates >= result.updates  # the time limit may have come first
+    again = pd.read_parquet(tmp_path / "replay" / "steps.parquet").iloc[: len(steps)]
+    assert again["loss"].tolist() == steps["loss"].tolist()
+    assert again["lr"].tolist() == pytest.approx(steps["lr"].tolist())

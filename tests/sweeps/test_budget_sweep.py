@@ -1,0 +1,132 @@
+"""A real budgeted sweep of the training app (tiny model, synthetic corpus, 2 workers): its
+phases, its time, what the pruner saw, and the final model's replay as one run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from sweeps.storage import open_storage
+from tests.conftest import ROOT, TINY
+
+BUDGET = 45.0
+TINY_BUDGETED = [o for o in TINY if not o.startswith(("trainer.max_tokens", "trainer.eval_every"))]
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory: pytest.TempPathFactory):
+    sweep_dir = tmp_path_factory.mktemp("budget") / "sweep"
+    cmd = [
+        sys.executable, "-m", "tbptt.train", "-m", *TINY_BUDGETED, "hydra/sweeper=optuna",
+        f"hydra.sweeper.budget={BUDGET:g}s", "hydra.sweeper.plan.search=0.4",
+        "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+        "optim.lr=tag(log,interval(1e-3,3e-2))", "trainer.divergence_factor=null",
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="tbptt", storage=open_storage(None, sweep_dir))
+    return sweep_dir, study, wall, proc.stderr
+
+
+def by_phase(study: optuna.Study, phase: str) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.user_attrs.get("phase", "search") == phase]
+
+
+def test_the_sweep_ends_within_its_budget_with_every_phase(budgeted):
+    sweep_dir, study, wall, stderr = budgeted
+    assert wall <= BUDGET + 5  # start-up included; a few seconds for the interpreter's exit
+    search, candidates = by_phase(study, "search"), by_phase(study, "candidate")
+    [final] = by_phase(study, "final")
+    assert len(search) >= 4 and len(candidates) == 2
+    assert {c.user_attrs["parent"] for c in candidates} <= {t.number for t in search}
+    scored = {c.number: c.user_attrs["full_val_loss"] for c in candidates}
+    assert final.user_attrs["parent"] == min(scored, key=scored.get)
+    assert final.state.name == "COMPLETE" and final.params == study.trials[
+        final.user_attrs["parent"]
+    ].params
+    # Candidates compare at equal compute; the final trains on beyond them.
+    assert len({c.user_attrs["flops"] for c in candidates}) == 1
+    assert final.user_attrs["flops"] > candidates[0].user_attrs["flops"]
+    assert "final model (trial" in stderr and "test" in stderr
+
+
+def test_the_pruner_saw_validation_losses_and_only_the_final_has_a_test_loss(budgeted):
+    sweep_dir, study, _, _ = budgeted
+    evals = pd.read_parquet(sweep_dir / "evals.parquet")
+    for trial in study.trials:
+        if not trial.intermediate_values:
+            continue
+        mine = evals[evals["trial"] == trial.number].set_index("flops")["val_loss"]
+        for step, value in trial.intermediate_values.items():
+            assert mine[step] == pytest.approx(value)
+    with_test = [t.number for t in study.trials if "test_loss" in t.user_attrs]
+    assert with_test == [by_phase(study, "final")[0].number]
+
+
+def test_best_yaml_names_the_final_model_and_its_replay_trains_the_same(budgeted, tmp_path):
+    sweep_dir, study, _, _ = budgeted
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    [final] = by_phase(study, "final")
+    assert best["trial"] == final.number
+    assert best["final"]["test_loss"] == final.user_attrs["test_loss"]
+    assert best["final"]["checkpoint"].endswith(f"{final.number}/best.pt")
+    args = shlex.split(best["command"])[3:]  # after "python -m tbptt.train"
+    assert "trainer.resume=true" not in args and any("trainer.max_flops" in a for a in args)
+    run_dir = tmp_path / "replay"
+    single = subprocess.run(
+        [sys.executable, "-m", "tbptt.train", *args, f"hydra.run.dir={run_dir}",
+         "trainer.max_seconds=null", "trainer.threads=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    replay = json.loads((run_dir / "result.json").read_text())
+    original = json.loads((sweep_dir / str(final.number) / "result.json").read_text())
+    assert replay["flops"] == original["flops"] and replay["tokens"] == original["tokens"]
+    assert replay["best_val_loss"] == pytest.approx(original["best_val_loss"], rel=1e-3)
+
+
+def test_a_killed_budgeted_sweep_resumes_its_plan_with_the_time_left(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "tbptt.train", "-m", *TINY_BUDGETED, "hydra/sweeper=optuna",
+        f"hydra.sweeper.budget={BUDGET:g}s", "hydra.sweeper.plan.search=0.4",
+        "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+        "optim.lr=tag(log,interval(1e-3,3e-2))", "trainer.divergence_factor=null",
+    ]  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = open_storage(None, sweep_dir)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it mid-search, once some trials are done
+        time.sleep(1)
+        if (sweep_dir / "study.journal").exists():
+            trials = optuna.load_study(study_name="tbptt", storage=storage).trials
+            if sum(t.state.is_finished() for t in trials) >= 2:
+                break
+    first.kill()
+    first.wait(timeout=30)
+    study = optuna.load_study(study_name="tbptt", storage=storage)
+    plan, used = study.user_attrs["sweeps:plan"], study.user_attrs["sweeps:used_seconds"]
+    assert 0 < used < BUDGET and not [t for t in study.trials if "phase" in t.user_attrs]
+
+    started = time.monotonic()
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - started
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = optuna.load_study(study_name="tbptt", storage=storage)
+    assert study.user_attrs["sweeps:plan"] == plan  # the same rungs: trials stay comparable
+    assert wall <= BUDGET - used + 10  # it continued with what was left
+    assert by_phase(study, "final") and not any(
+        t.state.name == "RUNNING" for t in study.trials
+    )
+    search = [t for t in by_phase(study, "search") if t.state.name == "COMPLETE"]
+    assert all(t.user_attrs["flops"] >= plan["trial_flops"] for t in search)
