@@ -69,7 +69,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from numbers import Integral, Real
 from pathlib import Path
@@ -160,6 +160,32 @@ class SweepResults:
     def params(self) -> list[str]:
         """The swept parameter keys, in the order of the ``param.<key>`` columns."""
         return [c.removeprefix("param.") for c in self.trials.columns if c.startswith("param.")]
+
+    def search_only(self) -> SweepResults:
+        """The search trials alone. A budgeted sweep's candidates and final run repeat their
+        parents' parameters at several times the compute: knob effects and importances that
+        counted them would credit those values with the extra training."""
+        keep = self.trials["phase"].isna() | (self.trials["phase"] == "search")
+        if bool(keep.all()):
+            return self
+        numbers = set(self.trials.loc[keep, "number"])
+        study = None
+        if self.study is not None:  # an in-memory copy holding only those trials
+            verbosity = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
+            try:
+                study = optuna.create_study(direction=self.study.direction)
+            finally:
+                optuna.logging.set_verbosity(verbosity)
+            study.add_trials([t for t in self.study.get_trials() if t.number in numbers])
+        return replace(
+            self,
+            trials=self.trials[keep].reset_index(drop=True),
+            steps=self.steps[self.steps["trial"].isin(numbers)],
+            evals=self.evals[self.evals["trial"].isin(numbers)],
+            grad_flow=self.grad_flow[self.grad_flow["trial"].isin(numbers)],
+            study=study,
+        )
 
 
 def load(path: str | Path, *, study_name: str | None = None) -> SweepResults:

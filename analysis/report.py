@@ -125,6 +125,8 @@ def top_trials(results: SweepResults, n: int = TOP_N) -> pd.DataFrame:
         frame[key] = trials[f"param.{key}"].to_numpy()
     frame["tokens"] = trials["tokens"].to_numpy()
     frame["wall s"] = trials["wall_seconds"].to_numpy()
+    if trials["phase"].isin(["candidate", "final"]).any():  # a budgeted sweep: which trained on
+        frame.insert(2, "phase", trials["phase"].to_numpy())
     return frame
 
 
@@ -419,6 +421,10 @@ def _knobs(doc: Document, results: SweepResults) -> None:
     if not results.params():
         doc.text("Nothing was swept.")
         return
+    if len(results.search_only().trials) < len(results.trials):
+        doc.text("Search trials only: the candidates and the final run are left out (they "
+                 "repeat their parents' parameters at more compute).")  # fmt: skip
+        results = results.search_only()
     effects = knob_effects(results)
     try:
         param_importances(results)
@@ -465,11 +471,15 @@ def _health(doc: Document, results: SweepResults) -> None:
     doc.table(table)
 
 
+SEARCH_PLOTS = ("objective_vs_params", "clip_modes", "importances")  # knob effects: search only
+
+
 def _figures(doc: Document, results: SweepResults, figures: Path) -> None:
     doc.heading("Figures")
     for name, draw in PLOTS.items():
+        shown = results.search_only() if name in SEARCH_PLOTS else results
         try:
-            path = draw(results, figures / f"{name}.png")
+            path = draw(shown, figures / f"{name}.png")
         except ValueError as why:
             doc.text(f"*{CAPTIONS[name]}*: not drawn: {why}.")
             continue

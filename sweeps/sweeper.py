@@ -299,10 +299,12 @@ class OptunaSweeper(Sweeper):
 def enqueue_first(study: optuna.Study, space: SearchSpace, points: Any) -> None:
     """``hydra.sweeper.enqueue``: parameter sets the search tries before sampling any."""
     keys = {p.key: p for p in space.params}
+    pinned = {o.partition("=")[0] for o in space.fixed}  # a value given on the command line wins
     for i, point in enumerate(OmegaConf.to_container(points) or []):  # type: ignore[union-attr]
         where = f"hydra.sweeper.enqueue[{i}]"
         if not isinstance(point, dict):
             raise ConfigError(f"{where} must be a mapping of swept keys to values, got {point!r}")
+        point = {k: v for k, v in point.items() if k not in pinned}
         for key, value in point.items():
             if key not in keys:
                 raise ConfigError(f"{where}: {key!r} is not a swept key ({', '.join(keys)})")

@@ -91,8 +91,13 @@ def test_best_yaml_names_the_final_model_and_its_replay_trains_the_same(budgeted
     assert single.returncode == 0, single.stderr[-2000:]
     replay = json.loads((run_dir / "result.json").read_text())
     original = json.loads((sweep_dir / str(final.number) / "result.json").read_text())
-    assert replay["flops"] == original["flops"] and replay["tokens"] == original["tokens"]
-    assert replay["best_val_loss"] == pytest.approx(original["best_val_loss"], rel=1e-3)
+    # The replay trains to the FLOP budget the final fixed; the final may have met its time
+    # limit a little before it. Up to there, the same updates (threads aside: 2 there, 1 here).
+    assert replay["flops"] >= max(original["flops"], original["planned_flops"])
+    ours = pd.read_parquet(sweep_dir / str(final.number) / "steps.parquet")
+    again = pd.read_parquet(run_dir / "steps.parquet").iloc[: len(ours)]
+    assert again["tokens"].tolist() == ours["tokens"].tolist()
+    assert again["loss"].tolist() == pytest.approx(ours["loss"].tolist(), rel=1e-3, abs=1e-4)
 
 
 def test_a_killed_budgeted_sweep_resumes_its_plan_with_the_time_left(tmp_path):
@@ -103,12 +108,12 @@ def test_a_killed_budgeted_sweep_resumes_its_plan_with_the_time_left(tmp_path):
         "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
         "optim.lr=tag(log,interval(1e-3,3e-2))", "trainer.divergence_factor=null",
     ]  # fmt: skip
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    storage = open_storage(None, sweep_dir)
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill it mid-search, once some trials are done
         time.sleep(1)
         if (sweep_dir / "study.journal").exists():
+            storage = open_storage(None, sweep_dir)
             trials = optuna.load_study(study_name="tbptt", storage=storage).trials
             if sum(t.state.is_finished() for t in trials) >= 2:
                 break
