@@ -291,7 +291,7 @@ class BudgetPolicy:
             "trainer.max_tokens=null", "trainer.max_flops=null",
             f"trainer.max_seconds={seconds:.6g}",
             f"trainer.anneal={self.plan.anneal * available / seconds:.6g}",
-            "trainer.eval_every_tokens=null", f"trainer.eval_every_flops={max(1, guess // 20)}",
+            "trainer.eval_every_tokens=null", f"trainer.eval_every_flops={max(1, guess // 12)}",
             "trainer.resume=true",
         ]  # fmt: skip
         self._enqueue(winner, {PHASE: FINAL, EXTRA: extra, "threads": self.workers,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import re
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from tbptt.errors import ConfigError
 log = logging.getLogger(__name__)
 HEARTBEAT = "sweeps:heartbeat"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+SCHEMA_ATTEMPTS = 5  # opening an RDB storage while other processes create its tables
 _PASSWORD = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)", re.I)
 
 
@@ -59,13 +61,33 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
         if scheme == "redis":
             storage: BaseStorage = JournalStorage(JournalRedisBackend(url))
         else:
-            storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            storage = open_rdb(url)
     except Exception as err:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
             f"hydra.sweeper.storage: cannot open {mask_url(url)}: {mask_url(first)}"
         ) from None
     return RetryingStorage(storage, mask_url(url), patience)  # type: ignore[return-value]
+
+
+def open_rdb(url: str, attempts: int = SCHEMA_ATTEMPTS) -> RDBStorage:
+    """``RDBStorage(url)``, retried when it lost a race to create the schema.
+
+    Processes started together on an empty database all find no tables and all create them;
+    PostgreSQL lets one win and fails the others with a duplicate key (in ``pg_type``, or in
+    Optuna's version table). Those tables now exist, so opening again succeeds.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts:
+                raise
+            log.info("storage schema created by another process; opening again")
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+    raise AssertionError("unreachable")
 
 
 class StorageUnavailable(RuntimeError):

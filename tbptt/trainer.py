@@ -54,6 +54,9 @@ BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best val
 UNITS = ("tokens", "flops")
 EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
 RATE_WINDOW_S = 2.0  # a time budget is turned into FLOPs after measuring at least this long
+# ... aiming a little short: evaluations and checkpoints to come, and drift, slow the rest;
+# ending early costs a few updates, meeting the time limit mid-anneal costs its end.
+TIME_PLAN_MARGIN = 0.92
 DIVERGENCE_MARGIN = 0.1  # nats: near a zero loss, a factor alone would flag noise as climbing
 
 
@@ -110,7 +113,7 @@ class Budget:
         """The FLOP budget a run at ``rate`` FLOP/s reaches in the rest of ``max_seconds``,
         ``seconds`` in: annealed from here to its end."""
         assert self.max_seconds is not None
-        end = flops + max(1, int(rate * (self.max_seconds - seconds)))
+        end = flops + max(1, int(TIME_PLAN_MARGIN * rate * (self.max_seconds - seconds)))
         return replace(self, max_flops=end, anneal=min(0.999999, (end - flops) / end))
 
     def plan_due(self, seconds: float) -> bool:

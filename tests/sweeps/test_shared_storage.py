@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -15,6 +16,7 @@ import optuna
 import pytest
 
 from sweeps.policy import counted
+from sweeps.storage import open_storage
 from tests.conftest import ROOT
 from tests.sweeps.tcp_proxy import TcpProxy
 
@@ -128,3 +130,38 @@ def test_a_database_gone_for_good_stops_the_sweep_with_a_clear_message(tmp_path)
     assert "unreachable for 3 s" in last and "secret" not in err
     trials = trials_of(study_name)
     assert trials  # what was recorded before the outage is still there
+
+
+@pytest.fixture
+def empty_database():
+    """A database of its own on the test server, with no tables yet; dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    assert URL is not None
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    server = make_url(URL).set(drivername="postgresql")
+    admin = server.render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_processes_opening_an_empty_database_together_all_get_the_study(empty_database):
+    # Each finds no tables and creates them: all but one lose that race inside PostgreSQL.
+    barrier = threading.Barrier(6)
+    opened: list[object] = []
+
+    def open_at_once() -> None:
+        barrier.wait()
+        opened.append(open_storage(empty_database, Path(".")))
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(opened) == 6
+    optuna.create_study(storage=empty_database, study_name="s").optimize(lambda t: 0.0, 1)
