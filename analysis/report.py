@@ -101,6 +101,7 @@ def health_table(results: SweepResults) -> pd.DataFrame:
     factors = evals.groupby("trial")["decay_factor"].agg(["first", "last"])
     window = results.steps.groupby("trial")["k2"].max() if "k2" in results.steps else None
     frame = objectives(results).set_index("number").join(factors, how="inner")
+    frame.index.name = "number"  # a join on a RangeIndex (trials 0..n-1) drops the name
     frame["k2"] = frame.index.map(window) if window is not None else pd.NA
     frame["verdict"] = [
         gradient_health(f, None if pd.isna(k) else int(k))

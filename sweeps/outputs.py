@@ -18,6 +18,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.storage import mask_url
+from tbptt.errors import ConfigError
 from tbptt.metrics import atomic_write_bytes, write_parquet
 
 METRIC_TABLES = ("steps", "evals", "grad_flow")
@@ -71,6 +72,50 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def command_line(overrides: list[str]) -> str:
     return " ".join(shlex.quote(o) for o in overrides)
+
+
+STUDY_FILE = "study.yaml"  # which study a sweep directory's job directories belong to
+
+
+def claim_sweep_dir(sweep_dir: Path, study_name: str, storage: str | None) -> None:
+    """Refuse a sweep directory whose job directories (``0/``, ``1/``, ...) belong to another
+    study: its trials are numbered from 0 too, and would overwrite them."""
+    mine = {"study_name": study_name, "storage": _storage_id(storage)}
+    path = sweep_dir / STUDY_FILE
+    owner = _owner(sweep_dir)
+    if owner is None:
+        atomic_write_bytes(path, yaml.safe_dump(mine, sort_keys=False).encode())
+        return
+    if owner != mine:
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} holds the study {owner['study_name']!r} "
+            f"({owner['storage']}); this sweep's is {study_name!r} "
+            f"({mine['storage']}): its trials would overwrite that one's job directories; "
+            "give this study another hydra.sweep.dir"
+        )
+
+
+def _owner(sweep_dir: Path) -> dict[str, str] | None:
+    """Who ``study.yaml`` names (or, from an older sweep, ``best.yaml``); None: nobody yet."""
+    for name in (STUDY_FILE, "best.yaml"):
+        path = sweep_dir / name
+        if path.is_file():
+            try:
+                doc = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
+                raise ConfigError(f"{path}: not readable YAML; move it away") from None
+            if isinstance(doc, dict) and "study_name" in doc:
+                storage = doc.get("storage")
+                return {"study_name": str(doc["study_name"]), "storage": _storage_id(storage)}
+    return None
+
+
+def _storage_id(storage: str | None) -> str:
+    """The storage as ``study.yaml`` names it: the directory's own journal by its file name
+    (the directory may move), any other by its URL, passwords masked."""
+    if storage is None or ("://" not in storage and Path(storage).name == "study.journal"):
+        return "study.journal"
+    return mask_url(storage)
 
 
 class SweepOutputs:

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.plan import CANDIDATE, FINAL, SEARCH, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
-from sweeps.storage import beat
+from sweeps.storage import INTERRUPTED, beat
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
 from tbptt.errors import ConfigError
 from tbptt.train import typed
@@ -39,12 +39,17 @@ def phase_of(trial: FrozenTrial) -> str:
 
 
 def counted(trials: list[FrozenTrial]) -> int:
-    """Search trials that count towards ``n_trials``: all, except failures that were retried."""
+    """Search trials that count towards ``n_trials``: all, except failures that were retried
+    and trials the sweep's own stop cut short (they are re-run)."""
     retried = {t.user_attrs.get("retried_trial") for t in trials}
     return sum(
         1
         for t in trials
-        if phase_of(t) == SEARCH and (t.state != TrialState.FAIL or t.number not in retried)
+        if phase_of(t) == SEARCH
+        and (
+            t.state != TrialState.FAIL
+            or (t.number not in retried and not t.user_attrs.get(INTERRUPTED))
+        )
     )
 
 
@@ -86,22 +91,39 @@ class TrialMaker:
 
 
 class CountPolicy:
-    """Trials until the study holds ``n_trials`` (retried failures not counted), or until
-    ``timeout`` seconds have passed."""
+    """Trials until the study holds ``n_trials`` (retried failures not counted), until
+    ``timeout`` seconds have passed, or until every point of a grid (``grid_size`` of them)
+    has started."""
 
     def __init__(
-        self, maker: TrialMaker, n_trials: int, timeout: float | None, clock: Clock
+        self,
+        maker: TrialMaker,
+        n_trials: int,
+        timeout: float | None,
+        clock: Clock,
+        grid_size: int | None = None,
     ) -> None:
         self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
+        self.grid_size = grid_size
 
     def next_job(self, busy: int) -> Next:
         if self.timeout is not None and self.clock.elapsed() > self.timeout:
             return None
         study = self.maker.study
-        if counted(study.get_trials(deepcopy=False)) >= self.n_trials:
-            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                return None  # the total is reached and no retry waits
+        trials = study.get_trials(deepcopy=False)
+        if not any(t.state == TrialState.WAITING for t in trials):  # retries come first
+            if counted(trials) >= self.n_trials or self._grid_done(trials):
+                return None
         return self.maker.make(lambda attrs: ([], {}))
+
+    def _grid_done(self, trials: list[FrozenTrial]) -> bool:
+        if self.grid_size is None:
+            return False
+        started = {t.system_attrs.get("grid_id") for t in trials} - {None}
+        if len(started) < self.grid_size:
+            return False
+        log.info("all %d points of the grid are tried: the sweep ends", self.grid_size)
+        return True
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         pass

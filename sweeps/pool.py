@@ -11,6 +11,8 @@ job. A worker exits by itself when its parent dies, so a killed sweep leaves no 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import multiprocessing as mp
 import os
 import signal
@@ -35,11 +37,22 @@ class Finished:
     result: Any
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit, as full
+
+
 @dataclass(frozen=True)
 class Died:
     slot: int
     job: Any
     exitcode: int | None
+    reason: str | None = None  # what the worker said as it died, if it could
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """Sent by a worker whose job raised out of the runner, just before it exits."""
+
+    reason: str
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -62,7 +75,16 @@ def worker_main(conn: Connection, runner_file: str, env: Mapping[str, str], pare
             return
         if job is None:
             return
-        conn.send(runner(job))
+        try:
+            result = runner(job)
+        except BaseException as exc:  # the worker dies of it: say why first (stderr is shared)
+            text = str(exc).strip().splitlines()
+            with contextlib.suppress(OSError):
+                conn.send(Crashed(f"{type(exc).__name__}: {text[0]}" if text else repr(exc)))
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                os._exit(1)  # no traceback: the sweep says it in one line, and stops
+            raise
+        conn.send(result)
 
 
 class WorkerPool:
@@ -72,6 +94,9 @@ class WorkerPool:
         runner: called in the worker with each job; must be picklable by cloudpickle.
         size: number of workers, >= 1.
         env_for: environment variables of the worker in a slot (e.g. its GPU).
+        payload: where the pickled runner is kept while the pool lives (None: a temporary
+            file); a fixed path, such as one in the locked sweep directory, cannot pile up
+            copies when a killed sweep leaves its own behind.
 
     Example:
         >>> with WorkerPool(run_trial, size=2) as pool:
@@ -79,15 +104,26 @@ class WorkerPool:
     """
 
     def __init__(
-        self, runner: Runner, size: int, env_for: Callable[[int], dict[str, str]] | None = None
+        self,
+        runner: Runner,
+        size: int,
+        env_for: Callable[[int], dict[str, str]] | None = None,
+        payload: Path | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"hydra.sweeper.n_jobs must be >= 1, got {size}")
         # The runner travels through a file, not the spawn pipe: a large payload would block
         # Process.start() until the child has imported its modules, one worker after another.
-        fd, self._payload = tempfile.mkstemp(prefix="tbptt-runner-", suffix=".pkl")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(cloudpickle.dumps(runner))
+        if payload is None:
+            fd, name = tempfile.mkstemp(prefix="tbptt-runner-", suffix=".pkl")
+            os.close(fd)
+            payload = Path(name)
+        self._payload = str(payload)
+        try:
+            payload.write_bytes(cloudpickle.dumps(runner))
+        except BaseException:  # a full disk: leave no half payload behind
+            payload.unlink(missing_ok=True)
+            raise
         self._env_for = env_for or (lambda slot: {})
         self._ctx = mp.get_context("spawn")
         self._procs: list[Any] = [None] * size
@@ -162,16 +198,16 @@ class WorkerPool:
         job, conn = self._jobs[slot], self._conns[slot]
         assert conn is not None
         try:
-            if conn.poll():
-                result = conn.recv()
-                self._jobs[slot] = None
-                return Finished(slot, job, result)
+            result = conn.recv() if conn.poll() else None
         except (EOFError, OSError):
-            pass
+            result = None
+        if result is not None and not isinstance(result, Crashed):
+            self._jobs[slot] = None
+            return Finished(slot, job, result)
         proc = self._procs[slot]
         proc.join(timeout=5)
         self._start(slot)  # the replacement worker starts importing while the sweep goes on
-        return Died(slot, job, proc.exitcode)
+        return Died(slot, job, proc.exitcode, result.reason if result is not None else None)
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers: idle ones exit cleanly; busy ones are killed when ``kill``."""

@@ -42,8 +42,10 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
+    check_distribution_compatibility,
 )
 
+from tbptt.cli import one_line
 from tbptt.errors import ConfigError
 
 TAGS = ("int", "log")
@@ -287,21 +289,107 @@ def check_keys(space: SearchSpace, compose: Callable[[list[str]], DictConfig]) -
     Define-by-run skips absent keys, so without this check a misspelled ``optim.lrr`` would
     silently never be sampled.
     """
-    groups = [p for p in space.params if p.is_group]
     for param in space.params:
         if param.is_group:
             continue
-        owners = [g for g in groups if param.key.startswith(g.key + ".")]
-        options = [
-            [f"{g.key}={_format(c)}"]
-            for g in owners
-            for c in g.distribution.choices  # type: ignore[attr-defined]
-        ] or [[]]
-        if not any(_has_key(compose([*space.fixed, *o]), param.key) for o in options):
+        if not _options_with(space, param, compose):
+            owners = _owners(space, param)
             raise ConfigError(
                 f"hydra.sweeper.params.{param.key}: no such key in the config"
                 + (f" under any option of {owners[0].key}" if owners else "")
             )
+
+
+def check_values(
+    space: SearchSpace,
+    compose: Callable[[list[str]], DictConfig],
+    validate: Callable[[DictConfig], Any],
+) -> None:
+    """Fail, before any trial, for values the sweep would sample that no trial could run.
+
+    Probed: every option of each group, and each parameter's ends (and a value between, for
+    floats: an interval on an int key), under each option where its key exists, the other keys
+    at their defaults. A value that does not compose (an unknown group option, a float for an
+    int key) is an error; one that composes but fails a value check is an error only if all of
+    the parameter's probes fail (``optim.lr=interval(0,1)`` samples good values too).
+    """
+    for param in space.params:
+        contexts = [[]] if param.is_group else _options_with(space, param, compose)
+        failures = []
+        for value in probes(param.distribution):
+            for context in contexts:
+                line = f"{param.key}={_format(value)}"
+                where = line + (f" (with {', '.join(context)})" if context else "")
+                try:
+                    cfg = compose([*space.fixed, *context, line])
+                except Exception as err:  # noqa: BLE001 - Hydra's and OmegaConf's errors vary
+                    raise _cannot_run(param, where, err) from None
+                try:
+                    validate(cfg)
+                except ConfigError as err:
+                    failures.append(_cannot_run(param, where, err))
+                except Exception as err:  # noqa: BLE001 - a schema the value does not fit
+                    raise _cannot_run(param, where, err) from None
+        if failures and len(failures) == len(probes(param.distribution)) * len(contexts):
+            raise failures[0]
+
+
+def _cannot_run(param: Param, where: str, err: Exception) -> ConfigError:
+    return ConfigError(f"hydra.sweeper.params.{param.key}: it samples {where}: {one_line(err)}")
+
+
+def check_resumable(
+    stored: Mapping[str, BaseDistribution], space: SearchSpace, study_name: str
+) -> None:
+    """A re-run may move a numeric range, but not change a parameter's kind, log scale or
+    choices: Optuna refuses those within one study (``stored``: what its trials sampled from)."""
+    for param in space.params:
+        old = stored.get(param.key)
+        if old is None:
+            continue
+        try:
+            check_distribution_compatibility(old, param.distribution)
+        except ValueError:
+            raise ConfigError(
+                f"hydra.sweeper.params.{param.key}: the study {study_name!r} sampled it from "
+                f"{describe(old)}, this run asks for {describe(param.distribution)}; one study "
+                "cannot change that: restore it, or start a new study in another "
+                "hydra.sweep.dir"
+            ) from None
+
+
+def describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(_format(c) for c in dist.choices)})"
+    assert isinstance(dist, IntDistribution | FloatDistribution)
+    kind = "int " if isinstance(dist, IntDistribution) else ""
+    return f"{kind}{'log ' if dist.log else ''}interval({dist.low}, {dist.high})"
+
+
+def probes(dist: BaseDistribution) -> list[Any]:
+    """Values of ``dist`` that stand for all it can sample: its choices, or its ends."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    assert isinstance(dist, IntDistribution | FloatDistribution)
+    if isinstance(dist, FloatDistribution) and dist.step is None and dist.low < dist.high:
+        return [dist.low, dist.low + 0.37 * (dist.high - dist.low), dist.high]
+    return [dist.low, dist.high]
+
+
+def _owners(space: SearchSpace, param: Param) -> list[Param]:
+    return [g for g in space.params if g.is_group and param.key.startswith(g.key + ".")]
+
+
+def _options_with(
+    space: SearchSpace, param: Param, compose: Callable[[list[str]], DictConfig]
+) -> list[list[str]]:
+    """The group options (overrides) under which ``param``'s key exists."""
+    options = [
+        [f"{g.key}={_format(c)}"]
+        for g in _owners(space, param)
+        for c in g.distribution.choices  # type: ignore[attr-defined]
+    ] or [[]]
+    return [o for o in options if _has_key(compose([*space.fixed, *o]), param.key)]
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:

@@ -24,18 +24,24 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.journal import check_journal
 from tbptt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 HEARTBEAT = "sweeps:heartbeat"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 SCHEMA_ATTEMPTS = 5  # opening an RDB storage while other processes create its tables
-_PASSWORD = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)", re.I)
+# user:password@ (up to the last @ before the host: a password may hold an unescaped @) ...
+_PASSWORD = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^/\s]*)(?P<tail>@)", re.I)
+# ... and key=value forms: URL query parameters (?password=, &sslpassword=) and libpq DSNs.
+_SECRET_KEYS = "password|passwd|pwd|sslpassword|secret|token|access_token|api_key|apikey"
+_SECRET_PARAM = re.compile(rf"(?P<head>\b(?:{_SECRET_KEYS})\s*=\s*)(?P<value>[^&\s'\"]+)", re.I)
 
 
 def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; the same for
+    ``?password=secret`` and other credential parameters, wherever they appear in ``url``."""
+    return _SECRET_PARAM.sub(r"\g<head>***", _PASSWORD.sub(r"\g<head>***\g<tail>", url))
 
 
 def scheme_of(url: str) -> str:
@@ -50,6 +56,7 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
     """
     if url is None or url.endswith(".journal"):
         path = sweep_dir / "study.journal" if url is None else Path(url)
+        check_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))
     scheme = scheme_of(url)
     if scheme not in (*RDB_SCHEMES, "redis"):
@@ -171,11 +178,20 @@ def stale_trials(study: optuna.Study, grace_period: float) -> list[FrozenTrial]:
     return [t for t in running if now - last_beat(t) > grace_period]
 
 
-def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``; False if another process finished it first."""
+INTERRUPTED = "interrupted"  # user attr of a trial failed by its sweep's stop, not by itself
+
+
+def fail_trial(
+    study: optuna.Study, trial: FrozenTrial, reason: str, its_fault: bool = True
+) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason``; False if another process finished it first.
+    ``its_fault=False``: the sweep stopped under it (killed, Ctrl-C), so it is re-run without
+    using up ``max_retries`` and never counts towards ``n_trials``."""
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        if not its_fault:
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
         return False
@@ -185,13 +201,14 @@ def retry(
     study: optuna.Study, trial: FrozenTrial, max_retries: int, keep: tuple[str, ...] = ()
 ) -> bool:
     """Enqueue a copy of ``trial``'s parameters, and of its user attrs named in ``keep``,
-    unless it was retried ``max_retries`` times."""
+    unless its own failures were retried ``max_retries`` times (interruptions do not count)."""
     retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= max_retries:
+    its_fault = not trial.user_attrs.get(INTERRUPTED, False)
+    if its_fault and retries >= max_retries:
         return False
     origin = trial.user_attrs.get("retry_of", trial.number)
     kept = {key: trial.user_attrs[key] for key in keep if key in trial.user_attrs}
-    attrs = {"retry_of": origin, "retried_trial": trial.number, "retries": retries + 1}
+    attrs = {"retry_of": origin, "retried_trial": trial.number, "retries": retries + its_fault}
     study.enqueue_trial(trial.params, user_attrs={**kept, **attrs}, skip_if_exists=False)
     return True
 

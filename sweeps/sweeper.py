@@ -11,7 +11,9 @@ lives in ``hydra.sweeper.storage``; re-running the same command continues it up 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import sys
 import time
@@ -26,11 +28,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import CategoricalDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.outputs import SweepOutputs
+from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import (
+    SEARCH,
     Clock,
     Plan,
     Timeline,
@@ -39,11 +42,26 @@ from sweeps.plan import (
     make_plan,
     parse_duration,
 )
-from sweeps.policy import JOB_ATTRS, USED_ATTR, BudgetPolicy, CountPolicy, TrialMaker
-from sweeps.pool import Died, Finished, WorkerPool
+from sweeps.policy import (
+    JOB_ATTRS,
+    USED_ATTR,
+    BudgetPolicy,
+    CountPolicy,
+    TrialMaker,
+    counted,
+    phase_of,
+)
+from sweeps.pool import DISK_FULL, Died, Finished, WorkerPool
 from sweeps.progress import Progress, result_text
-from sweeps.space import SearchSpace, check_keys, parse_space
+from sweeps.space import (
+    SearchSpace,
+    check_keys,
+    check_resumable,
+    check_values,
+    parse_space,
+)
 from sweeps.storage import (
+    INTERRUPTED,
     StorageUnavailable,
     SweepLock,
     beat,
@@ -61,10 +79,14 @@ from sweeps.worker import (
     TrialRunner,
 )
 from tbptt.errors import ConfigError
+from tbptt.keys import differences, flatten
 from tbptt.train import typed
 
 log = logging.getLogger(__name__)
 PLAN_ATTR = "sweeps:plan"  # study attr: a budgeted sweep's plan, kept for its re-runs
+
+
+RUNNER_FILE = ".runner.pkl"  # the workers' pickled runner, in the (locked) sweep directory
 
 
 class SweepError(RuntimeError):
@@ -146,6 +168,16 @@ class OptunaSweeper(Sweeper):
         except (SweepError, StorageUnavailable) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            print(
+                f"error: disk full writing {err.filename or 'a file'} ({err.strerror}): "
+                "stopped; what was recorded is kept: free space, then re-run the same command "
+                "to resume",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         except KeyboardInterrupt:
             print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
             sys.exit(130)
@@ -165,12 +197,16 @@ class OptunaSweeper(Sweeper):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
         space = parse_space(params, arguments, self.is_group)
-        typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker starts
+        fixed = typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker
+        if "data" in fixed and not any(p.key.split(".")[0] == "data" for p in space.params):
+            fixed["data"].load_text()  # a missing or unreadable corpus, too
         check_keys(space, self.compose)
+        check_values(space, self.compose, typed)
         if self.cfg.budget is not None:
             check_planned_keys(space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with SweepLock(sweep_dir):
+            claim_sweep_dir(sweep_dir, str(self.cfg.study_name), self.cfg.storage)
             study = self._study(sweep_dir, space)
             outputs = SweepOutputs(sweep_dir, self.cfg.storage)
             outputs.load_finished(study)
@@ -183,15 +219,18 @@ class OptunaSweeper(Sweeper):
     def _study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = open_storage(self.cfg.storage, sweep_dir, float(self.cfg.storage_patience))
-        study = optuna.create_study(
-            study_name=self.cfg.study_name,
-            storage=storage,
+        study = open_study(
+            storage,
+            str(self.cfg.study_name),
+            str(self.cfg.direction),
             sampler=self._sampler(space, self.cfg.sampler.seed),
             pruner=instantiate(self.cfg.pruner),
-            direction=self.cfg.direction,
-            load_if_exists=True,
         )
-        existing = len(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        check_resumable(stored_space(trials), space, study.study_name)
+        swept = [p.key for p in space.params]
+        check_same_fixed(study, fixed_settings(self.compose(list(space.fixed))), swept)
+        existing = len(trials)
         if existing == 0:
             enqueue_first(study, space, self.cfg.enqueue)
         seed = sampler_seed(self.cfg.sampler.seed, existing, self.cfg.storage)
@@ -201,12 +240,12 @@ class OptunaSweeper(Sweeper):
 
     def _sampler(self, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
         if self.cfg.sampler._target_ == "optuna.samplers.GridSampler":
-            return instantiate(self.cfg.sampler, search_space=grid_space(space), seed=seed)
+            return AskTellGridSampler(grid_space(space), seed=seed)
         return instantiate(self.cfg.sampler, seed=seed)
 
     def _recover(self, study: optuna.Study, all_running: bool) -> None:
         grace = -1.0 if all_running else float(self.cfg.grace_period)
-        recover(study, grace, int(self.cfg.max_retries))
+        recover(study, grace, int(self.cfg.max_retries), alone=all_running)
 
     def _device(self) -> str:
         assert self.config is not None
@@ -246,8 +285,9 @@ class OptunaSweeper(Sweeper):
         device = self._device()
         gpus = 0 if device == "cpu" else gpu_count()
         pool = WorkerPool(
-            self._runner(sweep_dir), settings.n_jobs, lambda s: gpu_env(s, gpus, device)
-        )
+            self._runner(sweep_dir), settings.n_jobs, lambda s: gpu_env(s, gpus, device),
+            payload=sweep_dir / RUNNER_FILE,
+        )  # fmt: skip
         scheduler: Scheduler | None = None
         try:
             policy = self._policy(study, space, settings, pool)
@@ -258,6 +298,9 @@ class OptunaSweeper(Sweeper):
             if scheduler is not None:
                 scheduler.interrupted()
             sys.exit(130)
+        except OSError:  # a full disk (see sweep()): its running trials are re-run next time
+            pool.close(kill=True)
+            raise
         pool.close()
 
     def _policy(
@@ -266,7 +309,10 @@ class OptunaSweeper(Sweeper):
         maker = TrialMaker(study, space, self.compose)
         clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
         if settings.budget is None:
-            return CountPolicy(maker, settings.n_trials, settings.timeout, clock)
+            grid = None
+            if self.cfg.sampler._target_ == "optuna.samplers.GridSampler":
+                grid = math.prod(len(v) for v in grid_space(space).values())
+            return CountPolicy(maker, settings.n_trials, settings.timeout, clock, grid)
         plan = self._plan(study, settings, pool, clock, list(space.fixed))
         return BudgetPolicy(maker, Timeline(plan, clock), settings.n_trials, settings.n_jobs)
 
@@ -294,6 +340,64 @@ class OptunaSweeper(Sweeper):
             plan.search_end, plan.candidates_end, plan.budget, plan.trial_flops, rate, speedup,
         )  # fmt: skip
         return plan
+
+
+def open_study(storage: Any, name: str, direction: str, **kwargs: Any) -> optuna.Study:
+    """The study ``name``, loaded (writing nothing, so a refused re-run leaves the storage as
+    it was) or created; a stored study must minimize or maximize as this run asks."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:  # no such study yet (or another process creates it right now)
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction=direction,  # type: ignore[arg-type]
+            load_if_exists=True, **kwargs,
+        )
+    stored = study.direction.name.lower()
+    if stored != direction:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction}, but the study {name!r} was created to "
+            f"{stored}: restore it, or start a new study in another hydra.sweep.dir"
+        )
+    return study
+
+
+def stored_space(trials: list[FrozenTrial]) -> dict[str, BaseDistribution]:
+    return {key: dist for t in trials for key, dist in t.distributions.items()}
+
+
+FIXED_ATTR = "sweeps:fixed"  # what the study's trials share: a re-run must keep it
+FREE_KEYS = ("hydra", "trainer.device", "trainer.threads")  # may differ: the same results
+
+
+def fixed_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config every trial starts from, flat (``trainer.max_tokens``: 20000),
+    without ``FREE_KEYS``."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = {k: v for k, v in flat.items() if not _under(k, FREE_KEYS)}
+    return json.loads(json.dumps(kept, default=str))  # type: ignore[no-any-return]
+
+
+def _under(key: str, roots: tuple[str, ...]) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in roots)
+
+
+def check_same_fixed(study: optuna.Study, settings: dict[str, Any], swept: list[str]) -> None:
+    """Refuse a re-run (or a sharing process) whose fixed settings differ from the study's: its
+    trials would train under others, and their values would not compare. Keys swept then or now
+    are the search space's business (``check_resumable``), not compared here."""
+    stored = study.user_attrs.get(FIXED_ATTR)
+    if stored is None:
+        study.set_user_attr(FIXED_ATTR, {"settings": settings, "swept": swept})
+        return
+    roots = tuple(stored["swept"]) + tuple(swept)
+    before = {k: v for k, v in stored["settings"].items() if not _under(k, roots)}
+    after = {k: v for k, v in settings.items() if not _under(k, roots)}
+    if before != after:
+        raise ConfigError(
+            f"the study {study.study_name!r} ran with {differences(before, after)}: its "
+            "trials would not compare with this run's; restore those settings, or start a new "
+            "study in another hydra.sweep.dir"
+        )
 
 
 def enqueue_first(study: optuna.Study, space: SearchSpace, points: Any) -> None:
@@ -412,6 +516,23 @@ def check_settings(cfg: DictConfig) -> None:
     )
     check(cfg.max_retries >= 0, f"max_retries must be >= 0, got {cfg.max_retries}")
     check(
+        cfg.max_failures is None or cfg.max_failures >= 1,
+        f"max_failures must be >= 1 or null (never stop), got {cfg.max_failures}",
+    )
+    check(
+        cfg.timeout is None or (math.isfinite(cfg.timeout) and cfg.timeout > 0),
+        f"timeout must be > 0 seconds or null, got {cfg.timeout}",
+    )
+    for key in ("heartbeat_interval", "grace_period", "storage_patience"):
+        value = cfg[key]
+        check(math.isfinite(value) and value > 0, f"{key} must be > 0 seconds, got {value}")
+    check(
+        cfg.heartbeat_interval < cfg.grace_period,
+        f"heartbeat_interval ({cfg.heartbeat_interval}) must be below grace_period "
+        f"({cfg.grace_period}): live trials would look abandoned",
+    )
+    check(bool(str(cfg.study_name).strip()), f"study_name must not be empty: {cfg.study_name!r}")
+    check(
         cfg.direction in ("minimize", "maximize"),
         f"direction must be minimize or maximize, got {cfg.direction!r}",
     )
@@ -422,6 +543,15 @@ def check_settings(cfg: DictConfig) -> None:
         except ConfigError as err:
             check(False, str(err).removeprefix("hydra.sweeper."))
         check(cfg.timeout is None, "timeout and hydra.sweeper.budget are both set: keep one")
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` once every point has started: that
+    works only inside ``study.optimize`` and raises under ask-and-tell. ``CountPolicy`` ends
+    the sweep when the grid is covered instead."""
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
@@ -440,12 +570,29 @@ def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
     return grid
 
 
-def recover(study: optuna.Study, grace_period: float, max_retries: int) -> None:
-    """Trials left RUNNING by a dead sweep process: FAIL, then re-enqueue their parameters."""
+def recover(study: optuna.Study, grace_period: float, max_retries: int, alone: bool) -> None:
+    """Trials left RUNNING by a dead sweep process: FAIL, then re-enqueue their parameters.
+
+    ``alone`` (no other process uses the study): also retry interrupted trials that have no
+    retry yet, so a sweep killed between the two steps loses none on its next run. In a shared
+    study only the process whose ``fail_trial`` won retries, so none is retried twice.
+    """
     for trial in stale_trials(study, grace_period):
-        if fail_trial(study, trial, "its sweep process stopped while it ran"):
+        if fail_trial(study, trial, "its sweep process stopped while it ran", its_fault=False):
             retry(study, trial, max_retries, JOB_ATTRS)
             log.warning("trial %d was left running: marked FAIL and retried", trial.number)
+    if alone:
+        for trial in unretried_interruptions(study.get_trials(deepcopy=False)):
+            retry(study, trial, max_retries, JOB_ATTRS)
+
+
+def unretried_interruptions(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    retried = {t.user_attrs.get("retried_trial") for t in trials}
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried
+    ]
 
 
 class Scheduler:
@@ -482,6 +629,11 @@ class Scheduler:
                 f"stopped after {len(self.failures)} failed trials (hydra.sweeper.max_failures="
                 f"{self.settings.max_failures}); last: {self.failures[-1]}"
             )
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        if self.failures and not self.study.get_trials(deepcopy=False, states=finished):
+            raise SweepError(
+                f"no trial finished: {len(self.failures)} failed; last: {self.failures[-1]}"
+            )
 
     def _keep_alive(self) -> None:
         """Heartbeats of this sweep's running trials; in shared storage, fail abandoned ones.
@@ -496,11 +648,15 @@ class Scheduler:
             self.policy.tick()
             self.last_beat = now
         if self.settings.shared and now - self.last_recovery >= self.settings.grace_period / 2:
-            recover(self.study, self.settings.grace_period, self.settings.max_retries)
+            recover(self.study, self.settings.grace_period, self.settings.max_retries, False)
             self.last_recovery = now
 
     def _done(self) -> int:
-        return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+        """Finished trials as ``n_trials`` counts them: a failure that is re-run is not one."""
+        trials = self.study.get_trials(deepcopy=False)
+        return counted(trials) - sum(
+            1 for t in trials if not t.state.is_finished() and phase_of(t) == SEARCH
+        )
 
     def _too_many_failures(self) -> bool:
         limit = self.settings.max_failures
@@ -535,7 +691,7 @@ class Scheduler:
             f"worker killed by signal {-code}"
             if code is not None and code < 0
             else (f"worker exited with code {code}")
-        )
+        ) + (f": {event.reason}" if event.reason else "")
         trial = self.study._storage.get_trial(job.trial_id)
         if fail_trial(self.study, trial, reason):
             retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
@@ -544,7 +700,7 @@ class Scheduler:
     def interrupted(self) -> None:
         """Ctrl-C: fail the running trials (a re-run retries them) and say how to resume."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if fail_trial(self.study, trial, "interrupted (Ctrl-C)"):
+            if fail_trial(self.study, trial, "interrupted (Ctrl-C)", its_fault=False):
                 retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
         self.policy.tick()
         self.outputs.write(self.study)

@@ -29,8 +29,9 @@ from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
 from tbptt import hooks
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, ConfigExit
 from tbptt.evaluate import evaluate_checkpoint
+from tbptt.metrics import atomic_path
 from tbptt.trainer import EvalPoint, StopRun
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet",
@@ -293,12 +294,14 @@ def copy_run(source: Path, target: Path) -> dict[str, Any]:
     target.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
         if (source / name).exists():
-            shutil.copyfile(source / name, target / f".{name}.tmp")
-            os.replace(target / f".{name}.tmp", target / name)
+            with atomic_path(target / name) as tmp:
+                shutil.copyfile(source / name, tmp)
     return read_result(source)
 
 
 def _summary(exc: BaseException) -> str:
+    if isinstance(exc, ConfigExit):  # the app printed the reason; this is what it printed
+        return f"error: {exc.message}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

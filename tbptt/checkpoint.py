@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,28 +10,35 @@ from typing import Any
 import torch
 
 from tbptt.errors import ConfigError
+from tbptt.metrics import atomic_path
 
 
 def save(payload: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+    with atomic_path(Path(path)) as tmp:  # a crash mid-save leaves the previous one intact
+        torch.save(payload, tmp)
+
+
+UNREADABLE = (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError)
 
 
 def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    """The payload of the checkpoint at ``path``; ``ConfigError`` naming ``key`` otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise ConfigError(f"{key}: checkpoint not found: {path}")
+    unreadable = f"{key}: not a readable checkpoint (truncated, or another kind of file): {path}"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
+        raise ConfigError(unreadable)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError as err:  # a pickle that would run code, or garbage
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"{key}: refused to load {path}: {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise ConfigError(
-            f"{key}: not a readable checkpoint (truncated?): {path}: {err}"
-        ) from None
+    except UNREADABLE as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{unreadable}: {first}") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise ConfigError(f"{key}: {path} is not a tbptt checkpoint")
     return payload

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from tbptt.errors import ConfigError
@@ -43,6 +43,12 @@ def one_line(err: BaseException) -> str:
     """``Could not override 'optim.lrr': Key 'lrr' not in 'AdamConfig'`` and the like."""
     lines = _lines(str(err)) or [type(err).__name__]
     message = lines[0].rstrip(".")
+    if isinstance(err, OverrideParseException) and err.override:
+        key = err.override.partition("=")[0]  # the value is left out: it may hold a password
+        return (
+            f"cannot parse the override of {key}: {message} (quote a value that holds = or "
+            f"spaces: {key}='...')"
+        )
     cause = err.__cause__
     if cause is not None and _lines(str(cause)):
         message += ": " + _lines(str(cause))[0]

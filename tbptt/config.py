@@ -28,6 +28,11 @@ def check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def positive(value: float) -> bool:
+    """Finite and > 0: inf passes a plain ``> 0`` and then trains on NaNs."""
+    return math.isfinite(value) and value > 0
+
+
 @dataclass
 class ModelConfig:
     cell: str = "lstm"
@@ -139,8 +144,11 @@ class OptimConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        check(positive(self.lr), f"optim.lr must be a finite number > 0, got {self.lr}")
+        check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}",
+        )
 
 
 @dataclass
@@ -150,8 +158,11 @@ class AdamConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(len(self.betas) == 2, f"optim.betas must be two numbers, got {self.betas}")
         for i, beta in enumerate(self.betas):
             check(0 <= beta < 1, f"optim.betas[{i}] must be in [0, 1), got {beta}")
+        # eps 0 divides 0 by 0 for a parameter that never had a gradient (an unseen character).
+        check(positive(self.eps), f"optim.eps must be a finite number > 0, got {self.eps}")
 
 
 @dataclass
@@ -170,6 +181,12 @@ class RMSpropConfig(SGDConfig):
     _target_: str = "torch.optim.RMSprop"
     lr: float = 2e-3
     alpha: float = 0.99
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.alpha < 1, f"optim.alpha must be in [0, 1), got {self.alpha}")
+        check(positive(self.eps), f"optim.eps must be a finite number > 0, got {self.eps}")
 
 
 @dataclass
@@ -218,7 +235,10 @@ class RandomBPTTConfig(BPTTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0 <= self.p <= 1, f"bptt.p must be in [0, 1], got {self.p}")
-        check(self.sigma >= 0, f"bptt.sigma must be >= 0, got {self.sigma}")
+        check(
+            math.isfinite(self.sigma) and self.sigma >= 0,
+            f"bptt.sigma must be a finite number >= 0, got {self.sigma}",
+        )
         _check_lengths(self.min_len, self.max_len, self.overlap)
 
     def build(self, seed: int) -> Schedule:

@@ -17,10 +17,11 @@ Headings and stage directions are dropped. Run ``python -m tbptt.corpus data/sha
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import re
 import sys
 from pathlib import Path
+
+from tbptt.metrics import atomic_path
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
 
@@ -69,9 +70,8 @@ def play_to_text(markdown: str) -> str:
 def build(out: Path) -> int:
     text = "\n".join(play_to_text(p.read_text(encoding="utf-8")) for p in play_files())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)  # atomic: an interrupted build never leaves a half corpus behind
+    with atomic_path(out) as tmp:  # an interrupted build never leaves a half corpus behind
+        tmp.write_text(text, encoding="utf-8")
     return len(text)
 
 

@@ -62,15 +62,15 @@ def read_text(path: str | Path, key: str = "data.path") -> str:
         raise ConfigError(f"{key}: file not found: {file}")
     if not file.is_file():
         raise ConfigError(f"{key}: not a regular file: {file}")
-    raw = file.read_bytes()
-    if not raw:
-        raise ConfigError(f"{key}: file is empty: {file}")
     try:
-        return raw.decode("utf-8")
+        text = file.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is not text
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{key}: not UTF-8 text: {file} (invalid byte at offset {err.start})"
         ) from None
+    if not text:
+        raise ConfigError(f"{key}: file is empty: {file}")
+    return text
 
 
 def count_text(length: int, period: int = 3) -> str:

@@ -6,6 +6,7 @@ model, optimizer, clipper, schedule) and hands them to the trainer.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tbptt import config, hooks
 from tbptt.cli import run_app
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, ConfigExit
+from tbptt.keys import flatten
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
 from tbptt.trainer import Divergence, EvalCallback, RunResult, Trainer
@@ -37,16 +39,51 @@ def resolve_device(name: str) -> torch.device:
 
 
 def typed(cfg: DictConfig) -> dict[str, Any]:
-    """Every group as its schema dataclass; runs the value checks of tbptt/config.py."""
-    return {
+    """Every group as its schema dataclass, checked: the value checks of tbptt/config.py, the
+    seed, and the optimizer's arguments as torch reads them (keys added with ``+optim.x``)."""
+    c = {
         str(key): OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
         for key, node in ((key, cfg[key]) for key in cfg if key != "hydra")
     }
+    seed = c.get("seed", 0)  # (a sweep of another Hydra app may have neither key)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if "optim" in cfg:
+        optimizer(cfg.optim)
+    return c
+
+
+def optimizer(optim_cfg: DictConfig, params: Any = None) -> torch.optim.Optimizer:
+    """``optim``'s optimizer over ``params`` (None: a probe parameter, to check the arguments
+    before any data is read); torch's complaint becomes one line naming the group."""
+    if params is None:
+        params = [torch.zeros(1, requires_grad=True)]
+    try:
+        return instantiate(optim_cfg, _convert_="all")(params)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as err:
+        target = optim_cfg.get("_target_")
+        raise ConfigError(f"optim ({target}): {str(err).strip().splitlines()[0]}") from None
 
 
 def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> CharRNN:
     torch.manual_seed(seed)  # the initial weights depend on the seed alone
-    return CharRNN(vocab_size, **vars(model_cfg))
+    try:
+        return CharRNN(vocab_size, **vars(model_cfg))
+    except (RuntimeError, MemoryError) as err:  # the weights do not fit in memory
+        shape = f"{model_cfg.layers}x{model_cfg.hidden_size}, embed {model_cfg.embed_size}"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model ({shape}): cannot build it: {first}") from None
+
+
+RESUMED_GROUPS = ("model", "data", "optim", "bptt", "clip", "seed")  # a resume keeps these
+
+
+def resume_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint: every setting but ``trainer``'s
+    (budgets, cadence, threads may change; a budgeted sweep continues runs that way)."""
+    kept = {key: cfg[key] for key in RESUMED_GROUPS if key in cfg}
+    flat = flatten(OmegaConf.to_container(OmegaConf.create(kept), resolve=True))
+    return json.loads(json.dumps(flat, default=str))  # type: ignore[no-any-return]
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -> Trainer:
@@ -63,7 +100,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
     model = build_model(c["model"], len(corpus.vocab), c["seed"]).to(device)
     trainer = Trainer(
         model,
-        instantiate(cfg.optim, _convert_="all")(model.parameters()),
+        optimizer(cfg.optim, model.parameters()),
         clip.build(),
         schedule,
         corpus,
@@ -75,7 +112,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
         grad_flow=tc.grad_flow,
         checkpoint_path=run_dir / "checkpoint.pt" if tc.checkpoint else None,
         on_eval=on_eval,
-        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"]), "data": c["data"].meta()},
+        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"]), "data": c["data"].meta(),
+              "settings": resume_settings(cfg)},  # fmt: skip
     )
     if tc.resume:
         trainer.resume(run_dir / "checkpoint.pt")
@@ -106,7 +144,7 @@ def main(cfg: DictConfig) -> float:
         result = run(cfg, run_dir, list(hooks.job_callbacks))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigExit(str(err)) from None
     return result.objective(cfg.trainer.objective)
 
 

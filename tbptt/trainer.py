@@ -45,6 +45,7 @@ from tbptt.data import Corpus
 from tbptt.diagnostics import decay_factor, gradient_flow, layer_grad_norms
 from tbptt.errors import ConfigError
 from tbptt.evaluate import mean_loss
+from tbptt.keys import differences
 from tbptt.metrics import MetricsLog, write_json
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
@@ -541,9 +542,25 @@ class Trainer:
             path,
         )
 
+    def _check_resumable(self, path: Path, payload: dict[str, Any]) -> None:
+        """A checkpoint to continue from, written under this run's settings (``meta``)."""
+        missing = [key for key in RESUME_KEYS if key not in payload]
+        if missing:
+            raise ConfigError(
+                f"trainer.resume: {path} holds no {missing[0]} (weights only, as best.pt): "
+                "it cannot be resumed"
+            )
+        stored, mine = payload.get("meta", {}).get("settings"), self.meta.get("settings")
+        if stored is not None and mine is not None and stored != mine:
+            raise ConfigError(
+                f"trainer.resume: {path} was written with {differences(stored, mine)}: resume "
+                "with those settings, or train in a new run directory"
+            )
+
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint: metrics after resuming equal an uninterrupted run's."""
         payload = checkpoint.load(path, key="trainer.resume")
+        self._check_resumable(path, payload)
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError as err:
@@ -551,8 +568,13 @@ class Trainer:
             raise ConfigError(
                 f"trainer.resume: {path} was written for another model shape ({first})"
             ) from None
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.schedule.load_state_dict(payload["schedule"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:  # an older checkpoint
+            raise ConfigError(
+                f"trainer.resume: {path} was written with another optimizer or schedule ({err})"
+            ) from None
         self._ahead = deque(Window(*w) for w in payload["ahead"])
         self.state = TrainState(**payload["state"])
         if self.state.planned_flops is not None and self.budget.by_time:
@@ -562,6 +584,9 @@ class Trainer:
         self._states = {pos: _to(h, device) for pos, h in payload["states"].items()}
         checkpoint.set_rng_state(payload["rng"])
         self.log.restore(up_to_tokens=self.state.tokens)
+
+
+RESUME_KEYS = ("model", "optimizer", "schedule", "ahead", "state", "states", "rng")
 
 
 def _to(hidden: Hidden, device: torch.device) -> Hidden:

@@ -20,6 +20,7 @@ from tests.conftest import ROOT
 
 SECRET = "hunter2"
 URL = f"postgresql://optuna:{SECRET}@db.example:5432/sweeps"
+QUERY_URL = f"postgresql://optuna@db.example:5432/sweeps?password={SECRET}"
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,7 @@ def test_passwords_in_storage_urls_never_reach_the_report(mixed_dir):
     trials = results.trials.copy()
     trials["overrides"] = trials["overrides"] + f" hydra.sweeper.storage={URL}"
     trials.loc[3, "stop_reason"] = f"OperationalError: cannot reach {URL}"
+    trials.loc[2, "stop_reason"] = f"OperationalError: cannot reach {QUERY_URL}"
     command = f"python -m tbptt.train optim.lr=0.001 hydra.sweeper.storage={URL}"
     best = {"value": 1.25, "trial": 0, "params": {}, "storage": URL, "command": command}
     (mixed_dir / "best.yaml").write_text(yaml.safe_dump(best))
@@ -140,6 +142,7 @@ def test_passwords_in_storage_urls_never_reach_the_report(mixed_dir):
     for text in (md_path.read_text(), (mixed_dir / "report.html").read_text()):
         assert SECRET not in text
         assert "postgresql://optuna:***@db.example:5432/sweeps" in text
+        assert "postgresql://optuna@db.example:5432/sweeps?password=***" in text
 
 
 def test_the_cli_reports_a_bad_path_in_one_line(tmp_path):
@@ -157,3 +160,19 @@ def test_the_cli_writes_the_report_where_asked(mixed_dir, tmp_path, capsys):
     assert report.main([str(mixed_dir), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_a_sweep_with_a_trial_that_never_evaluated_gets_its_report(tmp_path):
+    # Trial 0 samples dropout 1.5, fails its config check and never trains; trial 1 trains.
+    cmd = [sys.executable, "-m", "tbptt.train", "-m", "hydra/sweeper=optuna",
+           "hydra/sweeper/sampler=grid", "data=count", "data.batch_size=4",
+           "data.eval_batch_size=2", "model.hidden_size=16", "model.embed_size=8",
+           "model.layers=1", "trainer.max_tokens=4000", "trainer.eval_every_tokens=2000",
+           "trainer.eval_max_tokens=256", "model.dropout=choice(1.5,0.0)",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={tmp_path}"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "report.md").read_text()
+    assert "model.dropout must be in [0, 1), got 1.5" in text

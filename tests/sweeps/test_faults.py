@@ -47,7 +47,8 @@ def test_a_full_disk_fails_the_trial_and_the_sweep_goes_on(tmp_path):
             "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=2", "write_mb=2"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           preexec_fn=limit_file_size)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # both ran; neither finished
+    assert "error: no trial finished: 2 failed" in proc.stderr.strip().splitlines()[-1]
     trials = load(tmp_path)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("File too large" in t.user_attrs["fail_reason"] for t in trials)
@@ -112,3 +113,29 @@ def test_sweep_killed_and_interrupted_at_random_moments_resumes_to_its_total(tmp
     combined = pd.read_parquet(tmp_path / "steps.parquet")
     finished = {t.number for t in trials if t.state.is_finished() and t.state != TrialState.FAIL}
     assert finished <= set(combined["trial"])
+
+
+def test_a_full_disk_under_the_sweep_stops_it_cleanly_and_a_rerun_finishes(tmp_path):
+    def small_disk() -> None:  # every file stops growing at 160 kB (EFBIG), the journal first
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (160_000, 160_000))
+
+    args = [sys.executable, str(ROOT / "tests/sweeps/toy_app.py"), "-m", "hydra/sweeper=optuna",
+            f"hydra.sweep.dir={tmp_path}", "x=interval(-1,1)", "hydra/sweeper/pruner=none",
+            "steps=40", "hydra.sweeper.n_trials=60"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          preexec_fn=small_disk)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: disk full writing ") and "re-run the same command" in last
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("**/.*.tmp"))  # no half-written files left behind
+    recorded = {t.number: t.value for t in load(tmp_path) if t.state == TrialState.COMPLETE}
+    assert recorded
+
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = load(tmp_path)
+    assert counted(trials) == 60
+    assert {n: trials[n].value for n in recorded} == recorded  # nothing recorded was lost
+    pd.read_parquet(tmp_path / "trials.parquet")

@@ -51,3 +51,18 @@ def test_a_killed_worker_fails_its_job_only_and_is_replaced():
     died = [e for e in events if isinstance(e, Died)]
     assert [(e.job, e.exitcode) for e in died] == [("die", -signal.SIGKILL)]
     assert sorted(e.result for e in events if isinstance(e, Finished)) == ["a", "b", "c"]
+
+
+def crash(job: str) -> str:
+    if job == "crash":
+        raise OSError(28, "No space left on device")
+    return job
+
+
+def test_a_worker_that_dies_of_an_exception_says_which():
+    with WorkerPool(crash, size=1) as pool:
+        events = drain(pool, ["crash", "after"])
+    died = [e for e in events if isinstance(e, Died)]
+    assert [(e.job, e.exitcode) for e in died] == [("crash", 1)]
+    assert died[0].reason == "OSError: [Errno 28] No space left on device"
+    assert [e.result for e in events if isinstance(e, Finished)] == ["after"]

@@ -8,6 +8,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from sweeps.policy import counted
 from sweeps.space import Param, SearchSpace
+from sweeps.storage import fail_trial, retry
 from sweeps.sweeper import default_jobs, gpu_env, grid_space
 from sweeps.worker import PruningReporter
 from tbptt.errors import ConfigError
@@ -56,6 +57,24 @@ def test_asha_prunes_at_the_rungs_in_tokens():
     reporter = PruningReporter(study.ask())
     with pytest.raises(StopRun, match="pruned at token 1000"):
         reporter(point(1000, 5.0))
+
+
+def test_a_trial_at_the_end_of_its_budget_is_never_pruned():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # prunes all
+    reporter = PruningReporter(study.ask())
+    reporter(EvalPoint(tokens=2000, flops=20000, step=2000, val_loss=5.0, final=True))
+    assert reporter.pruned_at is None
+
+
+def test_trials_interrupted_by_the_sweep_never_count_towards_the_total():
+    study = optuna.create_study()
+    cut = study.ask()
+    fail_trial(study, study._storage.get_trial(cut._trial_id), "killed", its_fault=False)
+    assert retry(study, study.trials[0], max_retries=0)  # not its fault: retried all the same
+    again = study.ask()
+    assert again.user_attrs["retries"] == 0
+    study.tell(again, 1.0)
+    assert counted(study.get_trials()) == 1
 
 
 def test_failures_that_were_retried_do_not_count_towards_the_total():

@@ -27,6 +27,12 @@ from tbptt.errors import ConfigError
         ("redis://:token@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
         ("postgresql://carol@db/test", "postgresql://carol@db/test"),
         ("sqlite:///x.db", "sqlite:///x.db"),
+        ("postgresql://u@db/test?password=s3cret", "postgresql://u@db/test?password=***"),
+        ("postgresql://db/t?sslmode=require&password=s3cret&x=1", "postgresql://db/t?sslmode=require&password=***&x=1"),
+        ("redis://127.0.0.1:6379/0?password=s3cret", "redis://127.0.0.1:6379/0?password=***"),
+        ("postgresql://u:p@ss@db:5432/test", "postgresql://u:***@db:5432/test"),
+        ("host=db password=s3cret failed", "host=db password=*** failed"),
+        ("trainer.max_tokens=20000 postgresql://db:5432/t", "trainer.max_tokens=20000 postgresql://db:5432/t"),
     ],
 )
 def test_passwords_are_masked(url, masked):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -149,3 +151,110 @@ def test_enqueued_points_are_tried_first_and_bad_ones_are_named(tmp_path):
         proc = sweep(tmp_path / "bad", *args, f"hydra.sweeper.enqueue=[{point}]")
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
         assert "Traceback" not in proc.stderr
+
+
+def test_a_second_study_in_the_same_directory_is_refused_and_the_first_kept(tmp_path):
+    args = ("x=interval(-1,1)", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=2")
+    assert sweep(tmp_path, *args, "hydra.sweeper.study_name=first").returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.glob("**/*") if p.is_file()}
+    proc = sweep(tmp_path, *args, "hydra.sweeper.study_name=second")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "holds the study 'first'" in last and "this sweep's is 'second'" in last, last
+    after = {p: p.read_bytes() for p in tmp_path.glob("**/*") if p.is_file()}
+    assert {p: b for p, b in after.items() if p.name != ".sweep.lock"} == {
+        p: b for p, b in before.items() if p.name != ".sweep.lock"
+    }
+    more = sweep(tmp_path, *args[:2], "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=first")
+    assert more.returncode == 0, more.stderr[-2000:]
+
+
+def test_an_exhausted_grid_ends_the_sweep_without_repeating_a_point(tmp_path):
+    proc = sweep(tmp_path, GRID, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    xs = [t.params["x"] for t in load(tmp_path)]
+    assert sorted(xs) == [-0.5, -0.2, 0.1, 0.4, 0.7, 0.9]
+    counts = [tuple(map(int, m)) for m in re.findall(r"\| (\d+)/(\d+) \|", proc.stderr)]
+    assert counts and all(done <= total for done, total in counts)
+
+
+@pytest.fixture(scope="module")
+def two_trials(tmp_path_factory) -> Path:
+    """A finished study of two trials of x in interval(-1, 1), steps=6: copy it to re-run."""
+    sweep_dir = tmp_path_factory.mktemp("two-trials")
+    proc = sweep(sweep_dir, "x=interval(-1,1)", "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return sweep_dir
+
+
+@pytest.mark.parametrize(
+    "then, message",
+    [
+        (["x=choice(0.1,0.2)"],
+         "hydra.sweeper.params.x: the study 'tbptt' sampled it from interval(-1.0, 1.0), this "
+         "run asks for choice(0.1, 0.2); one study cannot change that"),
+        (["x=tag(log,interval(0.1,1))"], "sampled it from interval(-1.0"),
+        (["x=interval(-1,1)", "steps=8"],
+         "the study 'tbptt' ran with steps=6 (this run: 8): its trials would not compare"),
+        (["x=interval(-1,1)", "hydra.sweeper.direction=maximize"],
+         "hydra.sweeper.direction=maximize, but the study 'tbptt' was created to minimize"),
+    ],
+    ids=["kind", "log scale", "fixed setting", "direction"],
+)  # fmt: skip
+def test_a_rerun_that_changed_the_study_says_what_changed(two_trials, tmp_path, then, message):
+    shutil.copytree(two_trials, tmp_path / "sweep")
+    before = (tmp_path / "sweep" / "study.journal").read_bytes()
+    proc = sweep(tmp_path / "sweep", *then, "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=4")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "sweep" / "study.journal").read_bytes() == before  # nothing written
+
+
+def test_a_rerun_may_move_a_range_or_sweep_one_more_key(two_trials, tmp_path):
+    shutil.copytree(two_trials, tmp_path / "sweep")
+    proc = sweep(tmp_path / "sweep", "x=interval(0,1)", "steps=choice(4,6)",
+                 "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(load(tmp_path / "sweep")) == 4
+
+
+def test_a_sweep_whose_every_trial_fails_exits_non_zero(tmp_path):
+    proc = sweep(tmp_path, "x=interval(-1,1)", "fail_below=2", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial finished: 3 failed; last: trial 2: ValueError: boom")
+
+
+def test_repeated_kills_of_the_sweep_do_not_eat_the_total_or_the_retries(tmp_path):
+    args = ("x=interval(-1,1)", "sleep=1.5", "hydra/sweeper/pruner=none",
+            "hydra.sweeper.n_trials=8", "hydra.sweeper.max_retries=1")  # fmt: skip
+    cmd = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}"]
+    for _ in range(3):  # killed while its two workers are mid-trial, three times running
+        proc = subprocess.Popen([*cmd, *args], cwd=ROOT, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and not _running(tmp_path):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.kill()
+        proc.wait()
+    done = sweep(tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = load(tmp_path)
+    assert states(trials).get("COMPLETE") == 8  # n_trials results, the interrupted ones re-run
+    assert all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
+    counts = [tuple(map(int, m)) for m in re.findall(r"\| (\d+)/(\d+) \|", done.stderr)]
+    assert counts and all(n <= total for n, total in counts)
+
+
+def _running(sweep_dir: Path) -> bool:
+    if not (sweep_dir / "study.journal").exists():
+        return False
+    try:
+        return any(t.state == TrialState.RUNNING for t in load(sweep_dir))
+    except Exception:  # noqa: BLE001 - the journal is being written
+        return False
+

@@ -51,3 +51,18 @@ def test_tiny_training_sweep_prunes_and_reproduces_its_best_trial(tmp_path):
     assert single.returncode == 0, single.stderr[-2000:]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["best_val_loss"] == best["value"]  # same config and seed: same numbers
+
+
+def test_a_trial_the_app_rejects_keeps_the_apps_own_message(tmp_path):
+    cmd = [
+        sys.executable, "-m", "tbptt.train", "-m", *TINY, "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={tmp_path}",
+        "optim.lr=tag(log,interval(1e-3,1e-2))", "trainer.resume=true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    study = optuna.load_study(study_name="tbptt", storage=open_storage(None, tmp_path))
+    reasons = [t.user_attrs["fail_reason"] for t in study.trials]
+    assert len(reasons) == 2
+    assert all(r.startswith("error: trainer.resume: checkpoint not found: ") for r in reasons)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial finished: 2 failed")

@@ -66,7 +66,7 @@ def test_truncated_checkpoint_is_refused_with_its_path(tiny_cfg, tmp_path):
 
 def test_checkpoint_from_another_model_shape_is_refused(tiny_cfg, tmp_path):
     build_trainer(tiny_cfg(), tmp_path, []).fit()
-    with pytest.raises(ConfigError, match="written for another model shape"):
+    with pytest.raises(ConfigError, match=r"was written with model.hidden_size=16 \(this run: 24"):
         build_trainer(tiny_cfg("model.hidden_size=24", "trainer.resume=true"), tmp_path, [])
 
 

@@ -103,3 +103,9 @@ def test_single_character_vocabulary_is_rejected():
         build_corpus(
             "a" * 1000, source="s", val_fraction=0.1, batch_size=2, eval_batch_size=2, window=4
         )
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffTo be, or not to be".encode())
+    assert read_text(path) == "To be, or not to be"

@@ -16,8 +16,8 @@ from tests.conftest import ROOT, TINY
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
-        ("optim.lr=-1e-3", "optim.lr must be > 0, got -0.001"),
+        ("optim.lr=0", "optim.lr must be a finite number > 0, got 0.0"),
+        ("optim.lr=-1e-3", "optim.lr must be a finite number > 0, got -0.001"),
         ("bptt.length=0", "bptt.length must be >= 1, got 0"),
         ("bptt.k1=0", "bptt.k1 must be >= 1, got 0"),
         ("bptt.k1=10 bptt.k2=5", "bptt.k2 must be >= bptt.k1, got bptt.k2=5 < bptt.k1=10"),
@@ -69,7 +69,8 @@ def cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess[str]:
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     proc = cli("tbptt.train", *TINY, "optim.lr=0", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: optim.lr must be > 0, got 0.0"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: optim.lr must be a finite number > 0, got 0.0"
     assert "Traceback" not in proc.stderr
 
 
