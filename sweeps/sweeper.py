@@ -619,7 +619,10 @@ class Scheduler:
             self._keep_alive()
             self._fill()
             if self.pool.busy() == 0:
-                break
+                if not self._others_running():
+                    break
+                time.sleep(min(1.0, self.settings.heartbeat_interval))
+                continue
             for event in self.pool.wait(timeout=1.0):
                 self._handle(event)
         self.policy.tick()
@@ -650,6 +653,13 @@ class Scheduler:
         if self.settings.shared and now - self.last_recovery >= self.settings.grace_period / 2:
             recover(self.study, self.settings.grace_period, self.settings.max_retries, False)
             self.last_recovery = now
+
+    def _others_running(self) -> bool:
+        """In shared storage, trials other processes run: wait for them to end, or to go stale
+        (their process died) and be retried here, before leaving the study short."""
+        if not self.settings.shared:
+            return False
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def _done(self) -> int:
         """Finished trials as ``n_trials`` counts them: a failure that is re-run is not one."""

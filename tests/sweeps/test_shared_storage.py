@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from sweeps.policy import counted
-from sweeps.storage import open_storage
+from sweeps.storage import HEARTBEAT, open_storage
 from tests.conftest import ROOT
 from tests.sweeps.tcp_proxy import TcpProxy
 
@@ -75,12 +75,17 @@ def test_three_processes_share_one_study_without_losing_or_duplicating(tmp_path)
     assert len(machines) == 3  # all three processes took trials
 
 
+def running_job(sweep_dir: Path) -> bool:
+    """A trial of this sweep runs: its job directory exists, its result does not yet."""
+    return any(not (d.parent / "result.json").exists() for d in sweep_dir.glob("*/.hydra"))
+
+
 def test_a_sweep_process_killed_mid_trial_is_covered_by_the_others(tmp_path):
     study_name = f"killed-{uuid.uuid4().hex[:8]}"
-    fast = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3", "sleep=1.0")
+    fast = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3", "sleep=3.0")
     procs = [start(tmp_path / f"m{i}", study_name, *fast) for i in range(3)]
-    while not list((tmp_path / "m0").glob("*/.hydra")):
-        time.sleep(0.1)
+    while not running_job(tmp_path / "m0"):
+        time.sleep(0.05)
     time.sleep(0.3)
     procs[0].send_signal(signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the database
     for proc in procs[1:]:
@@ -165,3 +170,20 @@ def test_processes_opening_an_empty_database_together_all_get_the_study(empty_da
         thread.join(timeout=120)
     assert len(opened) == 6
     optuna.create_study(storage=empty_database, study_name="s").optimize(lambda t: 0.0, 1)
+
+
+def test_the_last_process_waits_out_a_dead_ones_trial_and_retries_it(tmp_path):
+    # A process died mid-trial just now: its trial is RUNNING with a fresh heartbeat and counts
+    # towards the total, so the survivor reaches n_trials at once; it must not leave it so.
+    study_name = f"orphan-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=study_name, storage=URL)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(-1, 1)})
+    study._storage.set_trial_system_attr(orphan._trial_id, HEARTBEAT, time.time())
+    fast = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3")
+    proc = start(tmp_path, study_name, "hydra.sweeper.n_trials=2", *fast)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    trials = trials_of(study_name)
+    assert trials[orphan.number].state.name == "FAIL"
+    assert trials[orphan.number].user_attrs["fail_reason"].startswith("its sweep process")
+    assert [t.state.name for t in trials].count("COMPLETE") == 2  # the new one and the retry
