@@ -39,7 +39,7 @@ import yaml
 from analysis.load import SweepResults, load
 from analysis.plots import PLOTS, minimizes, objectives, param_importances, ranked
 from sweeps.storage import mask_url
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, first_line
 
 VANISHING_BELOW = 0.7
 EXPLODING_ABOVE = 1.05
@@ -521,8 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = write_report(args.sweep_dir, args.out)
     except (ConfigError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {mask_url(first)}", file=sys.stderr)
+        print(f"error: {mask_url(first_line(err))}", file=sys.stderr)
         return 2
     print(report)
     return 0

@@ -104,7 +104,7 @@ class CountPolicy:
         grid_size: int | None = None,
     ) -> None:
         self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
-        self.grid_size = grid_size
+        self.grid_size, self._grid_done_said = grid_size, False
 
     def next_job(self, busy: int) -> Next:
         if self.timeout is not None and self.clock.elapsed() > self.timeout:
@@ -122,7 +122,9 @@ class CountPolicy:
         started = {t.system_attrs.get("grid_id") for t in trials} - {None}
         if len(started) < self.grid_size:
             return False
-        log.info("all %d points of the grid are tried: the sweep ends", self.grid_size)
+        if not self._grid_done_said:  # once: the scheduler asks again while trials finish
+            log.info("all %d points of the grid are tried: the sweep ends", self.grid_size)
+            self._grid_done_said = True
         return True
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:

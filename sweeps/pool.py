@@ -27,6 +27,8 @@ from typing import Any
 
 import cloudpickle
 
+from tbptt.errors import summary
+
 Runner = Callable[[Any], Any]  # job -> result, executed inside a worker
 
 
@@ -78,9 +80,8 @@ def worker_main(conn: Connection, runner_file: str, env: Mapping[str, str], pare
         try:
             result = runner(job)
         except BaseException as exc:  # the worker dies of it: say why first (stderr is shared)
-            text = str(exc).strip().splitlines()
             with contextlib.suppress(OSError):
-                conn.send(Crashed(f"{type(exc).__name__}: {text[0]}" if text else repr(exc)))
+                conn.send(Crashed(summary(exc)))
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 os._exit(1)  # no traceback: the sweep says it in one line, and stops
             raise

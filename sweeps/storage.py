@@ -25,7 +25,7 @@ from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.journal import check_journal
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 HEARTBEAT = "sweeps:heartbeat"
@@ -70,9 +70,8 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
         else:
             storage = open_rdb(url)
     except Exception as err:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"hydra.sweeper.storage: cannot open {mask_url(url)}: {mask_url(first)}"
+            f"hydra.sweeper.storage: cannot open {mask_url(url)}: {mask_url(first_line(err))}"
         ) from None
     return RetryingStorage(storage, mask_url(url), patience)  # type: ignore[return-value]
 
@@ -86,15 +85,13 @@ def open_rdb(url: str, attempts: int = SCHEMA_ATTEMPTS) -> RDBStorage:
     """
     import sqlalchemy.exc
 
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts:
-                raise
             log.info("storage schema created by another process; opening again")
             time.sleep(random.uniform(0.05, 0.3) * attempt)
-    raise AssertionError("unreachable")
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})  # the last try raises
 
 
 class StorageUnavailable(RuntimeError):

@@ -153,6 +153,7 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.config: DictConfig | None = None
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -183,8 +184,14 @@ class OptunaSweeper(Sweeper):
             sys.exit(130)
 
     def compose(self, overrides: list[str]) -> DictConfig:
-        assert self.hydra_context is not None and self.config is not None
-        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        """The config of a job with ``overrides``; memoized (read-only): the space checks and
+        every trial's sampling compose the same group options again and again."""
+        key = tuple(overrides)
+        if key not in self._composed:
+            assert self.hydra_context is not None and self.config is not None
+            loader = self.hydra_context.config_loader
+            self._composed[key] = loader.load_sweep_config(self.config, list(overrides))
+        return self._composed[key]
 
     def is_group(self, key: str) -> bool:
         assert self.hydra_context is not None
@@ -310,7 +317,7 @@ class OptunaSweeper(Sweeper):
         clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
         if settings.budget is None:
             grid = None
-            if self.cfg.sampler._target_ == "optuna.samplers.GridSampler":
+            if isinstance(study.sampler, optuna.samplers.GridSampler):
                 grid = math.prod(len(v) for v in grid_space(space).values())
             return CountPolicy(maker, settings.n_trials, settings.timeout, clock, grid)
         plan = self._plan(study, settings, pool, clock, list(space.fixed))

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
 from tbptt import hooks
-from tbptt.errors import ConfigError, ConfigExit
+from tbptt.errors import ConfigError, ConfigExit, summary
 from tbptt.evaluate import evaluate_checkpoint
 from tbptt.metrics import atomic_path
 from tbptt.trainer import EvalPoint, StopRun
@@ -302,8 +302,7 @@ def copy_run(source: Path, target: Path) -> dict[str, Any]:
 def _summary(exc: BaseException) -> str:
     if isinstance(exc, ConfigExit):  # the app printed the reason; this is what it printed
         return f"error: {exc.message}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return summary(exc)
 
 
 def read_result(job_dir: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, first_line
 from tbptt.metrics import atomic_path
 
 
@@ -34,11 +34,9 @@ def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # a pickle that would run code, or garbage
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{key}: refused to load {path}: {first}") from None
+        raise ConfigError(f"{key}: refused to load {path}: {first_line(err)}") from None
     except UNREADABLE as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{unreadable}: {first}") from None
+        raise ConfigError(f"{unreadable}: {first_line(err)}") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise ConfigError(f"{key}: {path} is not a tbptt checkpoint")
     return payload

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tbptt import config, hooks
 from tbptt.cli import run_app
-from tbptt.errors import ConfigError, ConfigExit
+from tbptt.errors import ConfigError, ConfigExit, first_line
 from tbptt.keys import flatten
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
@@ -62,7 +62,7 @@ def optimizer(optim_cfg: DictConfig, params: Any = None) -> torch.optim.Optimize
         return instantiate(optim_cfg, _convert_="all")(params)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as err:
         target = optim_cfg.get("_target_")
-        raise ConfigError(f"optim ({target}): {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"optim ({target}): {first_line(err)}") from None
 
 
 def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> CharRNN:
@@ -71,8 +71,7 @@ def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> Ch
         return CharRNN(vocab_size, **vars(model_cfg))
     except (RuntimeError, MemoryError) as err:  # the weights do not fit in memory
         shape = f"{model_cfg.layers}x{model_cfg.hidden_size}, embed {model_cfg.embed_size}"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"model ({shape}): cannot build it: {first}") from None
+        raise ConfigError(f"model ({shape}): cannot build it: {first_line(err)}") from None
 
 
 RESUMED_GROUPS = ("model", "data", "optim", "bptt", "clip", "seed")  # a resume keeps these

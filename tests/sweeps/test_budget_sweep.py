@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -21,15 +22,19 @@ BUDGET = 45.0
 TINY_BUDGETED = [o for o in TINY if not o.startswith(("trainer.max_tokens", "trainer.eval_every"))]
 
 
-@pytest.fixture(scope="module")
-def budgeted(tmp_path_factory: pytest.TempPathFactory):
-    sweep_dir = tmp_path_factory.mktemp("budget") / "sweep"
-    cmd = [
+def budgeted_sweep(sweep_dir: Path) -> list[str]:
+    return [
         sys.executable, "-m", "tbptt.train", "-m", *TINY_BUDGETED, "hydra/sweeper=optuna",
         f"hydra.sweeper.budget={BUDGET:g}s", "hydra.sweeper.plan.search=0.4",
         "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
         "optim.lr=tag(log,interval(1e-3,3e-2))", "trainer.divergence_factor=null",
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory: pytest.TempPathFactory):
+    sweep_dir = tmp_path_factory.mktemp("budget") / "sweep"
+    cmd = budgeted_sweep(sweep_dir)
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     wall = time.monotonic() - started
@@ -102,12 +107,7 @@ def test_best_yaml_names_the_final_model_and_its_replay_trains_the_same(budgeted
 
 def test_a_killed_budgeted_sweep_resumes_its_plan_with_the_time_left(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    cmd = [
-        sys.executable, "-m", "tbptt.train", "-m", *TINY_BUDGETED, "hydra/sweeper=optuna",
-        f"hydra.sweeper.budget={BUDGET:g}s", "hydra.sweeper.plan.search=0.4",
-        "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
-        "optim.lr=tag(log,interval(1e-3,3e-2))", "trainer.divergence_factor=null",
-    ]  # fmt: skip
+    cmd = budgeted_sweep(sweep_dir)
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill it mid-search, once some trials are done
