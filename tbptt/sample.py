@@ -1,11 +1,20 @@
 """Generate text from a checkpoint: ``python -m tbptt.sample checkpoint=PATH [temperature=0.8]``.
 
 Other keys: ``length`` (characters to generate), ``prime`` (text to start from), ``seed``.
+
+Did the model learn the character names? ``speakers`` reads the names on the speaker lines of a
+text in the corpus layout (``tbptt/corpus.py``), ``names_probe`` the share of a sample's speaker
+lines whose name is a real speaker. A speaker line is a name and a colon alone on a line that
+starts the text or follows a blank line (``FIRST CITIZEN:``, ``Messenger:``, ``MARCELLUS &
+BERNARDO:``): the same pattern reads the corpus and the sample, so the two are counted alike.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +25,18 @@ from tbptt import checkpoint
 from tbptt.config import check
 from tbptt.data import Vocab
 from tbptt.errors import ConfigError
+from tbptt.evaluate import load_model
 from tbptt.model import CharRNN
+
+# Letters (any case, any script), spaces, "&" (joint speakers), "'", "." and "-"; no digits or
+# commas, so that a verse line such as "Hark, my lord:" after a blank line is no speaker. "\r"
+# counts as trailing space: a corpus with Windows line endings reads the same.
+SPEAKER_LINE = re.compile(
+    r"(?:\A|^[ \t\r]*\n)"  # the text's start, or a blank line
+    r"(?P<name>[^\W\d_](?:[^\W\d_]|[ &'.-])*):[ \t\r]*$",
+    re.MULTILINE,
+)
+INVENTED_SHOWN = 5
 
 
 @dataclass
@@ -65,14 +85,52 @@ def parse(argv: list[str]) -> SampleConfig:
     return opts
 
 
-def main(argv: list[str]) -> str:
-    opts = parse(argv)
+def sample(opts: SampleConfig) -> str:
+    """``opts.prime`` and the text the checkpoint's model generates after it, seeded by
+    ``opts.seed`` without touching the caller's random state."""
     payload = checkpoint.load(opts.checkpoint)
     vocab = Vocab(payload["meta"]["vocab"])
-    model = CharRNN(len(vocab), **payload["meta"]["model"])
-    model.load_state_dict(payload["model"])
-    torch.manual_seed(opts.seed)
-    return opts.prime + generate(model, vocab, opts.prime, opts.length, opts.temperature)
+    model = load_model(payload)
+    with torch.random.fork_rng(devices=[]):  # CPU generator only: sampling runs on the CPU
+        torch.manual_seed(opts.seed)
+        return opts.prime + generate(model, vocab, opts.prime, opts.length, opts.temperature)
+
+
+def main(argv: list[str]) -> str:
+    return sample(parse(argv))
+
+
+# -- did it learn the character names? ------------------------------------------------------
+
+
+def speakers(text: str) -> Counter[str]:
+    """How many speeches each name on a speaker line of ``text`` opens."""
+    return Counter(m.group("name").strip() for m in SPEAKER_LINE.finditer(text))
+
+
+@dataclass
+class NamesProbe:
+    """The speaker lines of a sample: how many, how many name a real speaker (``share``: their
+    fraction, NaN when there are none), and the most common invented names."""
+
+    speaker_lines: int
+    real: int
+    share: float
+    invented: list[str]
+
+
+def names_probe(generated: str, known: set[str] | Counter[str]) -> NamesProbe:
+    """The probe of ``generated`` against ``known``, the corpus's speakers (``speakers``)."""
+    names = speakers(generated)
+    lines = sum(names.values())
+    real = sum(n for name, n in names.items() if name in known)
+    invented = Counter({name: n for name, n in names.items() if name not in known})
+    return NamesProbe(
+        speaker_lines=lines,
+        real=real,
+        share=real / lines if lines else math.nan,
+        invented=[name for name, _ in invented.most_common(INVENTED_SHOWN)],
+    )
 
 
 if __name__ == "__main__":
