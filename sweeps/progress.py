@@ -1,7 +1,10 @@
-"""Live sweep progress: a tqdm bar on a terminal, one line per finished trial otherwise."""
+"""Live sweep progress: on a terminal a tqdm bar with one line per finished trial above it,
+otherwise just the lines."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 from collections import Counter
@@ -10,6 +13,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sweeps.outputs import final_trial
 from sweeps.worker import TrialOutcome
@@ -45,6 +49,10 @@ def best_text(study: optuna.Study) -> str:
 class Progress:
     """Shows complete/pruned/failed/running counts, the best trial and the elapsed time.
 
+    On a terminal the bar stays on the last line: each finished trial's line, and the sweep
+    process's own log records, are written above it while it is live. Elsewhere (a file, a
+    pipe) each finished trial prints one line.
+
     Args:
         total: the study's trial total.
         stream: where to write (stderr by default); a bar only when it is a terminal.
@@ -63,6 +71,10 @@ class Progress:
             dynamic_ncols=True,
             disable=not self._stream.isatty(),
         )
+        self._redirect = contextlib.ExitStack()
+        if not self._bar.disable:  # console log handlers write through tqdm while the bar lives
+            loggers = [logging.root, logging.getLogger("optuna")]  # optuna does not propagate
+            self._redirect.enter_context(logging_redirect_tqdm(loggers))
 
     def summary(self, study: optuna.Study) -> str:
         c = counts(study)
@@ -77,18 +89,21 @@ class Progress:
         self._bar.set_postfix_str(self.summary(study), refresh=True)
 
     def finished(self, study: optuna.Study, outcome: TrialOutcome, done: int) -> None:
+        detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
+        count = f"{done}/{self._bar.total}" if self._bar.total else f"{done} done"
+        line = (
+            f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | "
+            f"{self.summary(study)}"
+        )
         if self._bar.disable:
-            detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
-            count = f"{done}/{self._bar.total}" if self._bar.total else f"{done} done"
-            print(
-                f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | "
-                f"{self.summary(study)}",
-                file=self._stream,
-                flush=True,
-            )
+            print(line, file=self._stream, flush=True)
             return
+        self._bar.write(line, file=self._stream)
         self._bar.n = done
         self._bar.set_postfix_str(self.summary(study), refresh=True)
 
     def close(self) -> None:
+        """End the bar (its last state stays on screen) and give logging its console back;
+        what is printed next starts on a line of its own."""
         self._bar.close()
+        self._redirect.close()

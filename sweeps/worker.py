@@ -8,8 +8,10 @@ with the step counted in training tokens, and stops as soon as the pruner says s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import pydoc
 import shutil
 import socket
 import tempfile
@@ -49,7 +51,7 @@ class TrialJob:
     number: int
     trial_id: int
     overrides: tuple[str, ...]
-    phase: str = "search"  # search | candidate | final (sweeps/plan.py)
+    phase: str = "search"  # search | candidate | final | transfer (sweeps/plan.py)
     prune: bool = True  # ask the pruner at each evaluation
     threads: int | None = None  # torch threads for this job (None: the worker's default)
     init_from: str | None = None  # a job directory to continue: its checkpoint and tables
@@ -166,6 +168,7 @@ class TrialRunner:
     singleton_state: dict[Any, Any]
     study_ref: StudyRef
     threads: int
+    trial_logs: bool = False  # hydra.sweeper.trial_logs: trials log to the console too
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
 
@@ -265,6 +268,8 @@ class TrialRunner:
             config.hydra.job.num = job.number
             if scratch is not None:
                 config.hydra.sweep.dir, config.hydra.sweep.subdir = str(scratch), "run"
+            if not self.trial_logs:
+                drop_console_handlers(config.hydra.job_logging)
         HydraConfig.instance().set_config(config)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         if job.init_from is not None and reporter is not None:
@@ -285,6 +290,31 @@ class TrialRunner:
         finally:
             hooks.job_callbacks.clear()
         return ret, job_dir
+
+
+def drop_console_handlers(log_config: DictConfig | None) -> None:
+    """Remove from a job's ``hydra.job_logging`` (a ``logging.config`` dict) the handlers that
+    write to a stream, and their names from every logger: the trial then logs to its job's log
+    file only, and the sweep's progress keeps the terminal. Other handlers (files, a user's own)
+    stay, so any job_logging still configures."""
+    if log_config is None or not log_config.get("handlers"):
+        return
+    handlers = log_config.handlers
+    console = {str(name) for name, handler in handlers.items() if _writes_to_console(handler)}
+    for name in console:
+        del handlers[name]
+    loggers = [log_config.get("root"), *(log_config.get("loggers") or {}).values()]
+    for logger in loggers:
+        if logger is not None and logger.get("handlers"):
+            logger.handlers = [h for h in logger.handlers if h not in console]
+
+
+def _writes_to_console(handler: DictConfig) -> bool:
+    # FileHandler is a StreamHandler too (on its file); so are rotating and watched files.
+    cls = pydoc.locate(str(handler.get("class") or handler.get("()")))
+    if not isinstance(cls, type):
+        return False  # a factory or an unknown class: logging.config judges it, kept as is
+    return issubclass(cls, logging.StreamHandler) and not issubclass(cls, logging.FileHandler)
 
 
 def copy_run(source: Path, target: Path) -> dict[str, Any]:
