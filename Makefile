@@ -12,7 +12,7 @@ SWEEP ?= default
 SWEEP_DIR ?= multirun/$(SWEEP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-all lint sweep report dashboard bench bench-smoke clean
+.PHONY: help install data test test-all lint sweep studies report dashboard bench bench-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,6 +48,9 @@ lint: install ## Ruff and mypy
 sweep: install ## Run conf/sweep/$(SWEEP).yaml (default: default), then write its report
 	$(PY) -m tbptt.train -m sweep=$(SWEEP) $(ARGS)
 	$(PY) -m analysis.report $(SWEEP_DIR)
+
+studies: install ## Run every study in conf/sweep/ (skipping finished ones); multirun/index.{md,html}
+	$(PY) -m analysis.studies $(ARGS)
 
 report: install ## Write report.md / report.html / report/*.png for SWEEP_DIR (multirun/$(SWEEP))
 	$(PY) -m analysis.report $(SWEEP_DIR)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import math
 import re
 import sys
@@ -36,10 +37,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis.answers import Answer, answer_of, transfer_check
 from analysis.load import SweepResults, load
+from analysis.names import names_section
 from analysis.plots import PLOTS, minimizes, objectives, param_importances, ranked
+from analysis.rungs import effects_view
 from sweeps.storage import mask_url
 from tbptt.errors import ConfigError, first_line
+from tbptt.metrics import atomic_write_bytes
 
 VANISHING_BELOW = 0.7
 EXPLODING_ABOVE = 1.05
@@ -126,23 +131,26 @@ def top_trials(results: SweepResults, n: int = TOP_N) -> pd.DataFrame:
         frame[key] = trials[f"param.{key}"].to_numpy()
     frame["tokens"] = trials["tokens"].to_numpy()
     frame["wall s"] = trials["wall_seconds"].to_numpy()
-    if trials["phase"].isin(["candidate", "final"]).any():  # a budgeted sweep: which trained on
+    if trials["phase"].isin(["candidate", "final", "transfer"]).any():  # which trained on longer
         frame.insert(2, "phase", trials["phase"].to_numpy())
     return frame
 
 
 def knob_effects(results: SweepResults) -> pd.DataFrame:
-    """One row per swept key: its type, the complete trials it was sampled in, its effect on the
-    objective (Spearman rank correlation, or the best and worst value's mean), the best trial's
-    value and Optuna's importance."""
+    """One row per swept key: its type, the trials with a value it was sampled in, its effect on
+    the objective (Spearman rank correlation, or the best and worst value's mean), the best
+    trial's value and Optuna's importance. Trials with a value are the complete ones; pass
+    ``analysis.rungs.effects_view(results).results`` to count pruned trials too, valued at the
+    rung they reached."""
     try:
         scores = param_importances(results)
     except ValueError:
         scores = {}
-    best = ranked(results)["number"]
+    valued = results.trials[results.trials["value"].notna()]
+    best = valued.sort_values("value", ascending=minimizes(results), kind="stable")["number"]
     rows = []
     for key in results.params():
-        done = _complete_with(results, key)
+        done = _valued_with(results, key)
         best_value = (
             done.loc[best.iloc[0], "x"] if len(best) and best.iloc[0] in done.index else None
         )
@@ -150,7 +158,7 @@ def knob_effects(results: SweepResults) -> pd.DataFrame:
             {
                 "knob": key,
                 "type": "numeric" if _is_numeric(done["x"]) else "categorical",
-                "complete trials": len(done),
+                "trials": len(done),
                 "effect": _effect(done, minimizes(results)),
                 "best trial's value": best_value,
                 "importance": scores.get(key),
@@ -159,10 +167,10 @@ def knob_effects(results: SweepResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _complete_with(results: SweepResults, key: str) -> pd.DataFrame:
-    # Complete trials in which `key` was sampled: x (its value) and y (the objective).
+def _valued_with(results: SweepResults, key: str) -> pd.DataFrame:
+    # Trials with a value in which `key` was sampled: x (its value) and y (the objective).
     trials = results.trials.set_index("number")
-    done = trials[(trials["state"] == "complete") & trials["value"].notna()]
+    done = trials[trials["value"].notna()]
     frame = pd.DataFrame({"x": done[f"param.{key}"], "y": done["value"]})
     return frame.dropna(subset=["x"])
 
@@ -174,17 +182,17 @@ def _is_numeric(values: pd.Series) -> bool:
 def _effect(done: pd.DataFrame, minimize: bool) -> str:
     if _is_numeric(done["x"]):
         if len(done) < 3 or done["x"].nunique() < 2:
-            return f"too few complete trials to correlate ({len(done)})"
+            return f"too few trials to correlate ({len(done)})"
         # Spearman: Pearson on ranks (no scipy needed).
         rho = float(done["x"].astype(float).rank().corr(done["y"].rank()))
         if not math.isfinite(rho):
-            return "the objective does not vary among complete trials"
+            return "the objective does not vary among these trials"
         better = "lower" if (rho > 0) == minimize else "higher"
         strength = "no clear monotone effect" if abs(rho) < 0.3 else f"{better} values do better"
         return f"Spearman rho = {rho:+.2f}: {strength}"
     means = done.groupby(done["x"].astype(str))["y"].agg(["mean", "size"])
     if len(means) < 2:
-        return "only one value among complete trials"
+        return "only one value among these trials"
     means = means.sort_values("mean", ascending=minimize)
     best, worst = means.iloc[0], means.iloc[-1]
     return (
@@ -194,7 +202,8 @@ def _effect(done: pd.DataFrame, minimize: bool) -> str:
 
 
 def value_effects(results: SweepResults, key: str) -> pd.DataFrame:
-    """Per value of a categorical key: trials, how many completed, mean and best objective."""
+    """Per value of a categorical key: trials, how many completed, mean and best objective (of
+    the trials with a value: the complete ones, or every trial at a rung)."""
     trials = results.trials
     values = trials[f"param.{key}"].astype("string")
     minimize = minimizes(results)
@@ -279,6 +288,12 @@ class Document:
         self._md.append(_markdown_table(header, cells))
         self._html.append(_html_table(header, cells))
 
+    def link(self, markdown_target: str, html_target: str, text: str) -> None:
+        """A paragraph linking to ``markdown_target`` (in Markdown) or ``html_target``."""
+        text = mask_url(text)
+        self._md.append(f"[{text}]({markdown_target})")
+        self._html.append(f'<p><a href="{html.escape(html_target)}">{_inline(text)}</a></p>')
+
     def image(self, path: Path, caption: str) -> None:
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         self._md.append(f"![{caption}]({path.relative_to(self._base).as_posix()})")
@@ -354,6 +369,29 @@ def _summary(doc: Document, results: SweepResults) -> None:
     )
 
 
+def _answer(doc: Document, question: str | None, answer: Answer | None) -> None:
+    if answer is None:
+        return
+    doc.heading("Answer")
+    if question:
+        doc.text(f"**Question:** {question}")
+    doc.bullets(answer.findings)
+    for caption, table in answer.tables.items():
+        doc.heading(caption, level=3)
+        doc.table(table)
+
+
+def _transfer(doc: Document, results: SweepResults, answer: Answer | None) -> None:
+    """The transfer check, unless the answer already holds it."""
+    check = transfer_check(results)
+    if check is None or (answer is not None and set(check.tables) <= set(answer.tables)):
+        return
+    doc.heading("Does the ranking hold at a longer budget?")
+    doc.bullets(check.findings)
+    for table in check.tables.values():
+        doc.table(table)
+
+
 def _best(doc: Document, results: SweepResults) -> None:
     doc.heading("Best configuration")
     best = _best_yaml(results.path)
@@ -423,23 +461,25 @@ def _knobs(doc: Document, results: SweepResults) -> None:
         doc.text("Nothing was swept.")
         return
     if len(results.search_only().trials) < len(results.trials):
-        doc.text("Search trials only: the candidates and the final run are left out (they "
+        doc.text("Search trials only: candidates, final and transfer runs are left out (they "
                  "repeat their parents' parameters at more compute).")  # fmt: skip
         results = results.search_only()
-    effects = knob_effects(results)
+    view = effects_view(results)
+    shown = view.results
+    effects = knob_effects(shown)
     try:
-        param_importances(results)
-        note = "Importance: Optuna's PED-ANOVA on the complete trials (sums to 1)."
+        param_importances(shown)
+        note = "Importance: Optuna's PED-ANOVA on the same trials (sums to 1)."
     except ValueError as why:
         note = f"No importances: {why}."
     doc.text(
-        "Effect on the objective among complete trials: Spearman rank correlation for numeric "
-        f"knobs, mean objective per value for categorical ones. {note}"
+        f"Computed from {view.note}. Effect on the objective: Spearman rank correlation for "
+        f"numeric knobs, mean objective per value for categorical ones. {note}"
     )
     doc.table(effects)
     for key in effects.loc[effects["type"] == "categorical", "knob"]:
         doc.heading(f"`{key}` by value", level=3)
-        doc.table(value_effects(results, key))
+        doc.table(value_effects(shown, key))
 
 
 def _stopped(doc: Document, results: SweepResults) -> None:
@@ -501,13 +541,36 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else results.path
     out.mkdir(parents=True, exist_ok=True)
     doc = Document(out)
-    for section in (_summary, _best, _top, _knobs, _stopped, _health):
+    question, answer = answer_of(results)
+    _summary(doc, results)
+    _answer(doc, question, answer)
+    _best(doc, results)
+    _transfer(doc, results, answer)
+    for section in (_top, _knobs, _stopped, _health, names_section):
         section(doc, results)
     _figures(doc, results, out / "report")
     (out / "report.html").write_text(doc.html(f"Sweep report: {results.path.name}"))
     report = out / "report.md"
     report.write_text(doc.markdown())
+    _write_answer(out, results, question, answer)
     return report
+
+
+ANSWER_FILE = "answer.json"  # what the studies' index (analysis/studies.py) reads
+
+
+def _write_answer(
+    out: Path, results: SweepResults, question: str | None, answer: Answer | None
+) -> None:
+    states = results.trials["state"].astype(str).value_counts()
+    doc = {
+        "study": results.path.name,
+        "question": question,
+        "findings": [mask_url(f) for f in answer.findings] if answer else [],
+        "trials": {str(k): int(v) for k, v in states.items() if v},
+        "report": "report.md",
+    }
+    atomic_write_bytes(out / ANSWER_FILE, json.dumps(doc, indent=2).encode())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

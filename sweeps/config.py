@@ -7,10 +7,14 @@ Samplers and pruners are plain ``_target_`` nodes, instantiated with ``hydra.uti
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from tbptt.errors import ConfigError
 
 
 @dataclass
@@ -132,6 +136,16 @@ class PlanConfig:
 
 
 @dataclass
+class TransferConfig:
+    """The check against short-horizon bias: once the search has ended, its ``top_k`` best
+    configurations train on to ``factor`` times their budget, and the report says whether
+    their ranking held (see ``sweeps/policy.py``)."""
+
+    top_k: int = 0  # 0: off
+    factor: float = 5.0
+
+
+@dataclass
 class SweeperConfig:
     _target_: str = "hydra_plugins.tbptt_optuna_sweeper.optuna_sweeper.TBPTTOptunaSweeper"
     _recursive_: bool = False  # sampler and pruner are built by the sweeper (grid needs params)
@@ -146,6 +160,7 @@ class SweeperConfig:
     n_trials: int = 40  # total for the study, across re-runs and machines
     n_jobs: int | None = None  # worker processes; null: the CPU count (GPU count with cuda)
     threads_per_worker: int = 1
+    trial_logs: bool = False  # trials' log lines on the console too (always in their job's .log)
     max_failures: int | None = 10  # stop the sweep after this many failed trials
     max_retries: int = 1  # re-run a trial whose worker died (or whose sweep was killed)
     timeout: float | None = None  # stop starting trials after this many seconds
@@ -160,6 +175,11 @@ class SweeperConfig:
     # Parameter sets to try first (a known-good configuration, the defaults a plain run would
     # use), enqueued when the study is created; keys are params' keys, values their values.
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    # What the study asks, and the function that answers it from the results (a dotted path,
+    # e.g. analysis.answers.lr_range): the report's "Answer" section (see analysis/answers.py).
+    question: str | None = None
+    answer: str | None = None
 
 
 SAMPLERS = {
@@ -189,3 +209,19 @@ def register() -> None:
         store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="tbptt")
     for name, node in PRUNERS.items():
         store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="tbptt")
+
+
+def answer_function(path: str) -> Callable[..., Any]:
+    """The function ``hydra.sweeper.answer`` names (``module.function``); checked when the sweep
+    starts, called by the report (``analysis/answers.py``)."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError as err:
+        raise ConfigError(f"hydra.sweeper.answer={path}: cannot import {module}: {err}") from None
+    if not callable(found):
+        raise ConfigError(
+            f"hydra.sweeper.answer={path}: no function {name!r} in {module or 'a module'} "
+            "(give module.function, e.g. analysis.answers.lr_range)"
+        )
+    return found  # type: ignore[no-any-return]

@@ -77,22 +77,34 @@ def command_line(overrides: list[str]) -> str:
 STUDY_FILE = "study.yaml"  # which study a sweep directory's job directories belong to
 
 
-def claim_sweep_dir(sweep_dir: Path, study_name: str, storage: str | None) -> None:
+def claim_sweep_dir(
+    sweep_dir: Path, study_name: str, storage: str | None, about: dict[str, Any] | None = None
+) -> None:
     """Refuse a sweep directory whose job directories (``0/``, ``1/``, ...) belong to another
-    study: its trials are numbered from 0 too, and would overwrite them."""
+    study: its trials are numbered from 0 too, and would overwrite them. ``study.yaml`` names
+    the owner and, in ``about``, what the report needs to know of the study (its question and
+    the function that answers it); it is rewritten on every run, so an edited question shows."""
     mine = {"study_name": study_name, "storage": _storage_id(storage)}
-    path = sweep_dir / STUDY_FILE
     owner = _owner(sweep_dir)
-    if owner is None:
-        atomic_write_bytes(path, yaml.safe_dump(mine, sort_keys=False).encode())
-        return
-    if owner != mine:
+    if owner is not None and owner != mine:
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} holds the study {owner['study_name']!r} "
             f"({owner['storage']}); this sweep's is {study_name!r} "
             f"({mine['storage']}): its trials would overwrite that one's job directories; "
             "give this study another hydra.sweep.dir"
         )
+    doc = {**mine, **(about or {})}
+    atomic_write_bytes(sweep_dir / STUDY_FILE, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def read_study_file(sweep_dir: Path) -> dict[str, Any]:
+    """What ``study.yaml`` says (empty for a directory without one, or an unreadable one)."""
+    path = sweep_dir / STUDY_FILE
+    try:
+        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _owner(sweep_dir: Path) -> dict[str, str] | None:

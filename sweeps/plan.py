@@ -30,6 +30,7 @@ from typing import Any
 from tbptt.errors import ConfigError
 
 SEARCH, CANDIDATE, FINAL = "search", "candidate", "final"
+TRANSFER = "transfer"  # an n_trials sweep's best trials trained on longer (sweeps/policy.py)
 START_SECONDS = 2.0  # a trial's start-up (config, corpus, model) before its first update
 END_SECONDS = 3.0  # outputs written after the final run, before the budget ends
 EVAL_RESERVE = 0.02  # share of the budget kept for scoring candidates on the full val split

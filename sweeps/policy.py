@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.plan import CANDIDATE, FINAL, SEARCH, Clock, Observed, Plan, Timeline
+from sweeps.plan import CANDIDATE, FINAL, SEARCH, TRANSFER, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
 from sweeps.storage import INTERRUPTED, beat
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
@@ -63,6 +64,13 @@ def flops_overrides(max_flops: int, eval_every: int) -> list[str]:
     ]
 
 
+def last_per_key(overrides: list[str]) -> list[str]:
+    """Each key's last override only (a continuation's budget replaces the study's), so the
+    command that replays a trial names every key once."""
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    return [o for i, o in enumerate(overrides) if keys[i] not in keys[i + 1 :]]
+
+
 class TrialMaker:
     """Asks the study for a trial (a new one, or an enqueued retry or continuation), samples
     its parameters and turns it into a job; a config that does not validate fails at once."""
@@ -75,7 +83,7 @@ class TrialMaker:
         beat(self.study._storage, trial._trial_id)
         values = sample(trial, self.space, self.compose)
         extra, job = spec(trial.user_attrs)
-        overrides = [*self.space.fixed, *to_overrides(values), *extra]
+        overrides = last_per_key([*self.space.fixed, *to_overrides(values), *extra])
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("replay", [o for o in overrides if not o.startswith(NOT_REPLAYED)])
         try:
@@ -93,7 +101,7 @@ class TrialMaker:
 class CountPolicy:
     """Trials until the study holds ``n_trials`` (retried failures not counted), until
     ``timeout`` seconds have passed, or until every point of a grid (``grid_size`` of them)
-    has started."""
+    has started; then, with a ``transfer`` setting, its best trials trained on longer."""
 
     def __init__(
         self,
@@ -102,19 +110,32 @@ class CountPolicy:
         timeout: float | None,
         clock: Clock,
         grid_size: int | None = None,
+        transfer: Transfer | None = None,
     ) -> None:
         self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
         self.grid_size, self._grid_done_said = grid_size, False
+        self.transfer = transfer
 
     def next_job(self, busy: int) -> Next:
         if self.timeout is not None and self.clock.elapsed() > self.timeout:
             return None
-        study = self.maker.study
-        trials = study.get_trials(deepcopy=False)
-        if not any(t.state == TrialState.WAITING for t in trials):  # retries come first
-            if counted(trials) >= self.n_trials or self._grid_done(trials):
-                return None
-        return self.maker.make(lambda attrs: ([], {}))
+        trials = self.maker.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):  # retries come first
+            return self.maker.make(self._spec)
+        if counted(trials) < self.n_trials and not self._grid_done(trials):
+            return self.maker.make(self._spec)
+        if busy or self.transfer is None:
+            return None  # the ranking is known once every search trial has ended
+        if self.transfer.enqueue(self.maker.study, self.maker.compose):
+            return self.maker.make(self._spec)
+        return None
+
+    @staticmethod
+    def _spec(attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        if attrs.get(PHASE) != TRANSFER:
+            return [], {}
+        return list(attrs[EXTRA]), {"phase": TRANSFER, "prune": False,
+                                    "init_from": attrs.get("init_from")}  # fmt: skip
 
     def _grid_done(self, trials: list[FrozenTrial]) -> bool:
         if self.grid_size is None:
@@ -132,6 +153,71 @@ class CountPolicy:
 
     def tick(self) -> None:
         pass
+
+
+BUDGET_KEYS = ("max_tokens", "max_flops", "max_seconds")  # trainer keys a transfer scales
+
+
+class Transfer:
+    """The check against short-horizon bias: the ``top_k`` best complete search trials, each
+    continued from its checkpoint to ``factor`` times its budget (trained from scratch when it
+    kept none), without pruning. Enqueued once per study, so a re-run does not repeat them.
+
+    Args:
+        top_k: how many of the best search trials (>= 1).
+        factor: the longer budget over the search trials' own (> 1).
+
+    Example:
+        >>> CountPolicy(maker, 11, None, clock, transfer=Transfer(top_k=4, factor=5))
+    """
+
+    def __init__(self, top_k: int, factor: float) -> None:
+        if top_k < 1:
+            raise ConfigError(
+                f"hydra.sweeper.transfer.top_k must be >= 1 (0: no transfer check), got {top_k}"
+            )
+        if not (math.isfinite(factor) and factor > 1):
+            raise ConfigError(f"hydra.sweeper.transfer.factor must be > 1, got {factor}")
+        self.top_k, self.factor = top_k, factor
+
+    def enqueue(self, study: optuna.Study, compose: Callable[[list[str]], Any]) -> bool:
+        """Enqueue the transfer runs; False when they were enqueued before, when a trial still
+        runs (in a shared study, another process's), or when fewer than 2 trials completed."""
+        trials = study.get_trials(deepcopy=False)
+        if any(phase_of(t) == TRANSFER for t in trials):
+            return False
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return False  # another process's search trial: the ranking is not known yet
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+        done = [t for t in trials if phase_of(t) == SEARCH and t.state == TrialState.COMPLETE]
+        best = sorted(done, key=lambda t: sign * float(t.value or 0.0))[: self.top_k]
+        if len(best) < 2:
+            log.warning("transfer check skipped: %d complete trial(s), it needs 2", len(best))
+            return False
+        for trial in best:
+            study.enqueue_trial(trial.params, user_attrs=self._attrs(trial, compose),
+                                skip_if_exists=False)  # fmt: skip
+        log.info("transfer check: trials %s trained on to %gx their budget",
+                 [t.number for t in best], self.factor)  # fmt: skip
+        return True
+
+    def _attrs(self, trial: FrozenTrial, compose: Callable[[list[str]], Any]) -> dict[str, Any]:
+        trainer = compose(list(trial.user_attrs.get("overrides", []))).trainer
+        extra = [
+            f"trainer.{key}={self._scaled(key, trainer[key])}"
+            for key in BUDGET_KEYS
+            if trainer.get(key) is not None
+        ]
+        attrs: dict[str, Any] = {PHASE: TRANSFER, PARENT: trial.number}
+        job_dir = trial.user_attrs.get("job_dir")
+        if job_dir and (Path(job_dir) / "checkpoint.pt").is_file():
+            attrs["init_from"] = job_dir  # continue it: the first 1/factor is already trained
+            extra.append("trainer.resume=true")
+        return {**attrs, EXTRA: extra}
+
+    def _scaled(self, key: str, value: float) -> str:
+        scaled = value * self.factor
+        return f"{scaled:.6g}" if key == "max_seconds" else str(int(round(scaled)))
 
 
 class BudgetPolicy:

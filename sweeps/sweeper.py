@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.config import answer_function
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import (
     SEARCH,
@@ -47,6 +48,7 @@ from sweeps.policy import (
     USED_ATTR,
     BudgetPolicy,
     CountPolicy,
+    Transfer,
     TrialMaker,
     counted,
     phase_of,
@@ -137,6 +139,7 @@ class OptunaSweeper(Sweeper):
         n_trials: total trials of the study, across re-runs.
         n_jobs: worker processes (null: one per core, or one per GPU for CUDA runs).
         threads_per_worker: torch threads in each worker.
+        trial_logs: show the trials' log lines on the console too (else their job's log only).
         max_failures: stop after this many failed trials (null: never).
         max_retries: re-runs of a trial whose worker died.
         timeout: stop starting trials after this many seconds (null: never).
@@ -213,7 +216,8 @@ class OptunaSweeper(Sweeper):
             check_planned_keys(space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with SweepLock(sweep_dir):
-            claim_sweep_dir(sweep_dir, str(self.cfg.study_name), self.cfg.storage)
+            about = {"question": self.cfg.question, "answer": self.cfg.answer}
+            claim_sweep_dir(sweep_dir, str(self.cfg.study_name), self.cfg.storage, about)
             study = self._study(sweep_dir, space)
             outputs = SweepOutputs(sweep_dir, self.cfg.storage)
             outputs.load_finished(study)
@@ -282,7 +286,7 @@ class OptunaSweeper(Sweeper):
         )  # fmt: skip
         return TrialRunner(
             self.hydra_context, self.config, self.task_function, Singleton.get_state(), ref,
-            int(self.cfg.threads_per_worker),
+            int(self.cfg.threads_per_worker), trial_logs=bool(self.cfg.trial_logs),
         )  # fmt: skip
 
     def _run(
@@ -319,9 +323,14 @@ class OptunaSweeper(Sweeper):
             grid = None
             if isinstance(study.sampler, optuna.samplers.GridSampler):
                 grid = math.prod(len(v) for v in grid_space(space).values())
-            return CountPolicy(maker, settings.n_trials, settings.timeout, clock, grid)
+            return CountPolicy(maker, settings.n_trials, settings.timeout, clock, grid,
+                               self._transfer())  # fmt: skip
         plan = self._plan(study, settings, pool, clock, list(space.fixed))
         return BudgetPolicy(maker, Timeline(plan, clock), settings.n_trials, settings.n_jobs)
+
+    def _transfer(self) -> Transfer | None:
+        top_k = int(self.cfg.transfer.top_k)
+        return Transfer(top_k, float(self.cfg.transfer.factor)) if top_k else None
 
     def _plan(
         self,
@@ -356,8 +365,11 @@ def open_study(storage: Any, name: str, direction: str, **kwargs: Any) -> optuna
         study = optuna.load_study(study_name=name, storage=storage, **kwargs)
     except KeyError:  # no such study yet (or another process creates it right now)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction=direction,  # type: ignore[arg-type]
-            load_if_exists=True, **kwargs,
+            study_name=name,
+            storage=storage,
+            direction=direction,  # type: ignore[arg-type]
+            load_if_exists=True,
+            **kwargs,
         )
     stored = study.direction.name.lower()
     if stored != direction:
@@ -550,6 +562,18 @@ def check_settings(cfg: DictConfig) -> None:
         except ConfigError as err:
             check(False, str(err).removeprefix("hydra.sweeper."))
         check(cfg.timeout is None, "timeout and hydra.sweeper.budget are both set: keep one")
+        check(
+            not cfg.transfer.top_k,
+            "transfer is for n_trials sweeps: a budgeted sweep trains its best candidates on "
+            "already (hydra.sweeper.plan.candidates), and its report checks their ranking",
+        )
+    try:
+        if cfg.transfer.top_k:
+            Transfer(int(cfg.transfer.top_k), float(cfg.transfer.factor))
+        if cfg.answer is not None:
+            answer_function(str(cfg.answer))
+    except ConfigError as err:
+        check(False, str(err).removeprefix("hydra.sweeper."))
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -622,18 +646,11 @@ class Scheduler:
 
     def run(self) -> None:
         self.progress.start(self.study, self._done())
-        while True:
-            self._keep_alive()
-            self._fill()
-            if self.pool.busy() == 0:
-                if not self._others_running():
-                    break
-                time.sleep(min(1.0, self.settings.heartbeat_interval))
-                continue
-            for event in self.pool.wait(timeout=1.0):
-                self._handle(event)
+        try:
+            self._loop()
+        finally:  # an error message, too, starts below the bar, on a plain console
+            self.progress.close()
         self.policy.tick()
-        self.progress.close()
         if self._too_many_failures():
             raise SweepError(
                 f"stopped after {len(self.failures)} failed trials (hydra.sweeper.max_failures="
@@ -644,6 +661,18 @@ class Scheduler:
             raise SweepError(
                 f"no trial finished: {len(self.failures)} failed; last: {self.failures[-1]}"
             )
+
+    def _loop(self) -> None:
+        while True:
+            self._keep_alive()
+            self._fill()
+            if self.pool.busy() == 0:
+                if not self._others_running():
+                    return
+                time.sleep(min(1.0, self.settings.heartbeat_interval))
+                continue
+            for event in self.pool.wait(timeout=1.0):
+                self._handle(event)
 
     def _keep_alive(self) -> None:
         """Heartbeats of this sweep's running trials; in shared storage, fail abandoned ones.

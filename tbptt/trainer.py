@@ -182,6 +182,7 @@ class RunResult:
     wall_seconds: float
     planned_flops: int | None = None  # a time budget turned into FLOPs: replay with these
     planned_anneal: float | None = None
+    vocab_size: int | None = None  # chance is ln(vocab_size) nats/char (the answers' yardstick)
 
     def objective(self, kind: str = "best") -> float:
         return self.best_val_loss if kind == "best" else self.final_val_loss
@@ -292,6 +293,7 @@ class Trainer:
             wall_seconds=s.elapsed,
             planned_flops=s.planned_flops,
             planned_anneal=s.planned_anneal,
+            vocab_size=len(self.meta["vocab"]) if "vocab" in self.meta else None,
         )
 
     def _train(self, started: float) -> None:

@@ -117,7 +117,11 @@ def test_without_best_yaml_the_command_is_built_from_the_best_trials_overrides(m
     assert f"```bash\npython -m tbptt.train {overrides}\n```" in md
     assert (mixed_dir / "report.html").is_file()  # default out_dir: the sweep directory
     assert "*Parameter importances*" not in md  # drawn, saying why: 1 complete trial
-    assert "importances need at least 2 complete trials, got 1" in md
+    # One trial completed: the knob effects use the 4 trials evaluated once, pruned included.
+    assert (
+        "Computed from evaluation 1 of each trial (64 characters, 6.4e+04 FLOPs), the "
+        "deepest that 4 of 6 trials reached (only 1 completed)" in md
+    )
 
 
 def test_figures_the_data_cannot_support_become_notes(mixed_dir):
