@@ -31,6 +31,7 @@ import pandas as pd
 from analysis.load import SweepResults
 from sweeps.config import answer_function
 from sweeps.outputs import read_study_file
+from tbptt.errors import summary
 
 MIN_SEEDS = 3  # a comparison over fewer seeds cannot tell an effect from the seed's spread
 BOOTSTRAP_SAMPLES = 10_000
@@ -58,7 +59,10 @@ def answer_of(results: SweepResults) -> tuple[str | None, Answer | None]:
     question, path = about.get("question"), about.get("answer")
     if not path:
         return question, None
-    return question, answer_function(str(path))(results)
+    try:
+        return question, answer_function(str(path))(results)
+    except Exception as err:  # a broken verdict costs its section, not the whole report
+        return question, Answer([f"The answer could not be computed ({path}): {summary(err)}."])
 
 
 # -- what each trial did ------------------------------------------------------------------
@@ -137,7 +141,8 @@ def compare(frame: pd.DataFrame, arm: pd.Series, a: str, b: str, pair_on: str = 
     """A sentence comparing arm ``b`` with arm ``a`` (labels of ``arm``) on ``value`` (a
     failed run counts as its final loss), paired by ``pair_on``; lower is better."""
     score = frame["value"].fillna(frame["final"])
-    pairs = pd.DataFrame({"arm": arm, "pair": frame[pair_on], "score": score})
+    pair = frame[pair_on] if pair_on in frame else 0  # not swept: one pair, too few to tell
+    pairs = pd.DataFrame({"arm": arm, "pair": pair, "score": score})
     table = pairs[pairs["arm"].isin([a, b])].pivot_table(
         index="pair", columns="arm", values="score", aggfunc="mean"
     )
@@ -516,7 +521,8 @@ def random_bptt(results: SweepResults) -> Answer:
 
 def _arm_table(frame: pd.DataFrame, arm: pd.Series) -> pd.DataFrame:
     score = frame["value"].fillna(frame["final"])
-    table = pd.DataFrame({"arm": arm, "seed": frame["seed"], "objective": score})
+    seed = frame["seed"] if "seed" in frame else 0
+    table = pd.DataFrame({"arm": arm, "seed": seed, "objective": score})
     return table.pivot_table(index="arm", columns="seed", values="objective").reset_index()
 
 
@@ -525,7 +531,7 @@ def k1_k2(results: SweepResults) -> Answer:
     (k1, k2) against (k1, k1), the same updates, and against (k2, k2), the same reach."""
     frame = outcomes(results)
     k1 = frame["bptt.k1"].astype(int)
-    k2 = k1 + frame["bptt.overlap"].fillna(0).astype(int)
+    k2 = k1 + _overlap(frame)
     arm = pd.Series([f"({a}, {b})" for a, b in zip(k1, k2, strict=True)], frame.index)
     pairs = sorted({(a, b) for a, b in zip(k1, k2, strict=True) if b > a})
     findings = [compare(frame, arm, f"({a}, {a})", f"({a}, {b})") for a, b in pairs]
@@ -560,6 +566,13 @@ def _compute_sentence(results: SweepResults) -> str:
     )
 
 
+def _overlap(frame: pd.DataFrame) -> pd.Series:
+    """bptt.overlap (k2 - k1) per run; 0 where it was not swept."""
+    if "bptt.overlap" not in frame:
+        return pd.Series(0, index=frame.index)
+    return frame["bptt.overlap"].fillna(0).astype(int)
+
+
 FULLY = 0.25  # "learnt": within this share of the gap from the task's floor to chance
 
 
@@ -573,7 +586,7 @@ def k1_k2_recall(results: SweepResults) -> Answer:
     chance_loss, floor = math.log(alphabet), math.log(alphabet) / 2
     learnt, partly = floor + FULLY * (chance_loss - floor), (chance_loss + floor) / 2
     k1 = frame["bptt.k1"].astype(int)
-    k2 = k1 + frame["bptt.overlap"].fillna(0).astype(int)
+    k2 = k1 + _overlap(frame)
     loss = frame["value"].fillna(frame["final"])
     table = (
         pd.DataFrame({"k1": k1, "k2": k2, "loss": loss})

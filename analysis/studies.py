@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"error: {mask_url(first_line(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the running study was stopped too: a re-run resumes it
+        print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 def _run_all(out: Path, only: list[str] | None, force: bool, overrides: list[str]) -> int:

@@ -284,3 +284,27 @@ def test_the_transfer_check_says_whether_the_winner_held(tmp_path):
 
 def test_no_transfer_runs_no_transfer_check(tmp_path):
     assert answers.transfer_check(sweep(tmp_path, [lr(1e-2, [2.0])])) is None
+
+
+def test_a_verdict_that_breaks_costs_its_section_not_the_report(tmp_path):
+    results = sweep(tmp_path, [lr(1e-2, [2.0])])
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump({"question": "Q?", "answer": "analysis.answers.k1_k2"})  # no bptt.k1
+    )
+    question, answer = answers.answer_of(results)
+    assert question == "Q?" and answer is not None
+    assert answer.findings == [
+        "The answer could not be computed (analysis.answers.k1_k2): KeyError: 'bptt.k1'."
+    ]
+
+
+def test_a_comparison_without_seeds_says_it_cannot_tell(tmp_path):
+    runs = [
+        {"params": {"bptt": arm}, "curve": [loss]}
+        for arm, loss in [("fixed", 2.0), ("random", 1.5)]
+    ]
+    findings = answers.random_bptt(sweep(tmp_path, runs)).findings
+    assert findings == [
+        "Too few seeds to tell (1 < 3): random 1.500 vs fixed 2.000 nats/char, difference -0.500 "
+        "[95% interval -0.500, -0.500] over 1 seeds."
+    ]
