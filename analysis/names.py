@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import TYPE_CHECKING
 
 from analysis.load import SweepResults
 from analysis.plots import ranked
+from sweeps.outputs import read_best
 from tbptt import checkpoint
-from tbptt.config import SCHEMAS
+from tbptt.config import data_from_meta
 from tbptt.errors import ConfigError, first_line
 from tbptt.sample import NamesProbe, SampleConfig, names_probe, sample, speakers
 from tbptt.trainer import BEST_CHECKPOINT
@@ -57,7 +56,7 @@ def best_model(results: SweepResults) -> BestModel | None:
 
 def _best_run(results: SweepResults) -> tuple[int, list[Path]] | None:
     """The best model's trial and where its weights may lie, in order of preference."""
-    best = _best_yaml(results.path)
+    best = read_best(results.path) or {}
     final = best.get("final")
     if isinstance(final, dict) and "trial" in best:  # a budgeted sweep: its final model
         trial = int(best["trial"])
@@ -77,32 +76,13 @@ def _job_dir(results: SweepResults, trial: int) -> Path | None:
     return Path(job_dir) if isinstance(job_dir, str) and job_dir else None
 
 
-def _best_yaml(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / "best.yaml"  # written by sweeps/outputs.py
-    try:
-        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):  # the sections above say so; this one samples
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def corpus_speakers(weights: str | Path) -> tuple[Counter[str], str]:
     """The speakers of the corpus the model at ``weights`` was trained on, and the corpus's name
     (``data.path=...``, ``data=count``)."""
-    meta = checkpoint.load(weights)["meta"]
-    if "data" not in meta:
-        raise ConfigError(
-            f"checkpoint: {weights} does not record its data settings (an older run)"
-        )
-    fields = dict(meta["data"])
-    schemas = {cls.__name__: cls for cls in SCHEMAS["data"].values()}
-    kind = fields.pop("kind", None)
-    if kind not in schemas:
-        raise ConfigError(f"checkpoint: {weights} names an unknown data schema {kind!r}")
     try:
-        data = schemas[kind](**fields)
-    except TypeError as err:  # settings of another version of the schema
-        raise ConfigError(f"checkpoint: {weights}: data settings: {first_line(err)}") from None
+        data = data_from_meta(checkpoint.load(weights)["meta"])
+    except ConfigError as err:
+        raise ConfigError(f"{weights}: {first_line(err)}") from None
     text, source = data.load_text()
     return speakers(text), source
 

@@ -35,13 +35,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from analysis.answers import Answer, answer_of, transfer_check
 from analysis.load import SweepResults, load
 from analysis.names import names_section
 from analysis.plots import PLOTS, minimizes, objectives, param_importances, ranked
 from analysis.rungs import effects_view
+from sweeps.outputs import read_best
 from sweeps.storage import mask_url
 from tbptt.errors import ConfigError, first_line
 from tbptt.metrics import atomic_write_bytes
@@ -439,11 +439,8 @@ def _final(doc: Document, best: dict, final: dict) -> None:
 
 
 def _best_yaml(sweep_dir: Path) -> dict | None:
-    path = sweep_dir / "best.yaml"
-    if not path.is_file():
-        return None
-    doc = yaml.safe_load(path.read_text())
-    return doc if isinstance(doc, dict) and "command" in doc and "value" in doc else None
+    doc = read_best(sweep_dir)
+    return doc if doc is not None and "command" in doc and "value" in doc else None
 
 
 def _top(doc: Document, results: SweepResults) -> None:

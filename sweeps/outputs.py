@@ -97,14 +97,22 @@ def claim_sweep_dir(
     atomic_write_bytes(sweep_dir / STUDY_FILE, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
+def read_best(sweep_dir: Path) -> dict[str, Any] | None:
+    """What ``best.yaml`` says (None: no such file, or not readable YAML of a mapping)."""
+    return _read_yaml(sweep_dir / "best.yaml")
+
+
 def read_study_file(sweep_dir: Path) -> dict[str, Any]:
     """What ``study.yaml`` says (empty for a directory without one, or an unreadable one)."""
-    path = sweep_dir / STUDY_FILE
+    return _read_yaml(sweep_dir / STUDY_FILE) or {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
     try:
         doc = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _owner(sweep_dir: Path) -> dict[str, str] | None:

@@ -407,10 +407,23 @@ DataSource = FileDataConfig | CountDataConfig | DelayedRecallDataConfig
 
 def corpus_from_meta(meta: dict[str, Any]) -> Corpus:
     """The corpus a checkpoint was trained on, rebuilt from its ``meta["data"]``."""
+    return data_from_meta(meta).corpus(window=1)
+
+
+def data_from_meta(meta: dict[str, Any]) -> DataConfig:
+    """The data settings a checkpoint recorded (``DataConfig.meta``), as their schema; a
+    ConfigError when they are missing or of an unknown schema."""
+    if "data" not in meta:
+        raise ConfigError("checkpoint: it does not record its data settings (an older run)")
     fields = dict(meta["data"])
     kinds = {cls.__name__: cls for cls in SCHEMAS["data"].values()}
-    data = kinds[fields.pop("kind")](**fields)
-    return data.corpus(window=1)
+    kind = fields.pop("kind", None)
+    if kind not in kinds:
+        raise ConfigError(f"checkpoint: unknown data schema {kind!r}")
+    try:
+        return kinds[kind](**fields)  # type: ignore[no-any-return]
+    except TypeError as err:  # settings of another version of the schema
+        raise ConfigError(f"checkpoint: data settings: {err}") from None
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
