@@ -14,7 +14,8 @@ The yardsticks, in nats per character:
 - A comparison of two arms ("random BPTT beats fixed") pairs their trials by seed and reports
   the mean difference with a bootstrap 95% interval over the seeds (``compare``). With fewer
   than ``MIN_SEEDS`` seeds it says so; when the interval covers 0 it says "no clear
-  difference": the seeds disagree more than the arms do.
+  difference": the seeds disagree more than the arms do. With 3 seeds the interval is the range
+  of the seeds' own differences, so "clear" means every seed agrees on the sign.
 """
 
 from __future__ import annotations

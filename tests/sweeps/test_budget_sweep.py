@@ -110,12 +110,14 @@ def test_a_killed_budgeted_sweep_resumes_its_plan_with_the_time_left(tmp_path):
     cmd = budgeted_sweep(sweep_dir)
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it mid-search, once some trials are done
-        time.sleep(1)
+    # Kill it mid-search once two trials completed: a final run continues a complete trial, and
+    # a sweep killed before any completed has none to continue once its search time is over.
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
         if (sweep_dir / "study.journal").exists():
             storage = open_storage(None, sweep_dir)
             trials = optuna.load_study(study_name="tbptt", storage=storage).trials
-            if sum(t.state.is_finished() for t in trials) >= 2:
+            if sum(t.state.name == "COMPLETE" for t in trials) >= 2:
                 break
     first.kill()
     first.wait(timeout=30)
