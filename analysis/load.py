@@ -171,13 +171,9 @@ class SweepResults:
         numbers = set(self.trials.loc[keep, "number"])
         study = None
         if self.study is not None:  # an in-memory copy holding only those trials
-            verbosity = optuna.logging.get_verbosity()
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
-            try:
-                study = optuna.create_study(direction=self.study.direction)
-            finally:
-                optuna.logging.set_verbosity(verbosity)
-            study.add_trials([t for t in self.study.get_trials() if t.number in numbers])
+            study = memory_study(
+                self.study.direction, [t for t in self.study.get_trials() if t.number in numbers]
+            )
         return replace(
             self,
             trials=self.trials[keep].reset_index(drop=True),
@@ -186,6 +182,19 @@ class SweepResults:
             grad_flow=self.grad_flow[self.grad_flow["trial"].isin(numbers)],
             study=study,
         )
+
+
+def memory_study(direction: Any, trials: list[FrozenTrial]) -> optuna.Study:
+    """An in-memory study holding ``trials`` (what importances and plots read), created
+    without Optuna's "study created" log line."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(trials)
+    return study
 
 
 def load(path: str | Path, *, study_name: str | None = None) -> SweepResults:

@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from analysis.load import SweepResults
+from analysis.load import SweepResults, memory_study
 
 MIN_TRIALS = 10  # trials a rung needs before its effects are worth a table
 
@@ -80,19 +80,14 @@ def at_rung(results: SweepResults, rung: int) -> SweepResults:
 def _study(results: SweepResults, value: pd.Series) -> optuna.Study | None:
     if results.study is None:
         return None
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
-    try:
-        study = optuna.create_study(direction=results.study.direction)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    for trial in results.study.get_trials(deepcopy=False):
-        if trial.number in value.index:
-            frozen = create_trial(
-                state=TrialState.COMPLETE,
-                value=float(value[trial.number]),
-                params=trial.params,
-                distributions=trial.distributions,
-            )
-            study.add_trial(frozen)
-    return study
+    trials = [
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=float(value[t.number]),
+            params=t.params,
+            distributions=t.distributions,
+        )
+        for t in results.study.get_trials(deepcopy=False)
+        if t.number in value.index
+    ]
+    return memory_study(results.study.direction, trials)

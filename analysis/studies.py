@@ -102,13 +102,12 @@ def index_table(out: Path, questions: dict[str, str], runs: dict[str, Run]) -> p
     rows = []
     for name, question in questions.items():
         run = runs.get(name)
-        answer = _answer(out / name)
         status = "not run" if run is None else "done" if run.exit_code == 0 else "failed"
         rows.append(
             {
                 "study": name,
                 "question": question,
-                "answer": " ".join(answer.get("findings", [])[:2]) or status,
+                "findings": _answer(out / name).get("findings") or [f"({status})"],
                 "wall s": round(run.wall_seconds) if run else None,
                 "status": status,
                 "report": f"{name}/report.md" if (out / name / "report.md").is_file() else "",
@@ -135,8 +134,7 @@ def write_index(out: Path, questions: dict[str, str], runs: dict[str, Run]) -> P
     doc.table(table[["study", "question", "wall s", "status", "report"]])
     for row in table.itertuples():
         doc.heading(f"{row.study}: {row.question}")
-        findings = _answer(out / row.study).get("findings") or [f"({row.status})"]
-        doc.bullets(findings)
+        doc.bullets(row.findings)
         if row.report:
             doc.link(row.report, f"{row.study}/report.html", f"{row.study}: the full report")
     (out / "index.html").write_text(doc.html("Studies"))
