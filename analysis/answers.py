@@ -20,7 +20,6 @@ The yardsticks, in nats per character:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import pandas as pd
 from analysis.load import SweepResults
 from sweeps.config import answer_function
 from sweeps.outputs import read_study_file
+from tbptt import contract
 from tbptt.errors import summary
 
 MIN_SEEDS = 3  # a comparison over fewer seeds cannot tell an effect from the seed's spread
@@ -92,11 +92,8 @@ def outcomes(results: SweepResults) -> pd.DataFrame:
 def chance(results: SweepResults) -> float:
     """ln(V) nats/char, V from the first run that recorded its vocabulary; NaN when none did."""
     for job_dir in results.trials["job_dir"].dropna():
-        path = Path(str(job_dir)) / "result.json"
-        try:
-            size = json.loads(path.read_text()).get("vocab_size")
-        except (OSError, ValueError):
-            continue
+        result = contract.read_result(str(job_dir))
+        size = result.vocab_size if result else None
         if isinstance(size, int) and size > 1:
             return math.log(size)
     return math.nan

@@ -65,7 +65,6 @@ without ``result.json`` is ``running`` if it wrote anything in the last 10 minut
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -86,6 +85,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.outputs import METRIC_TABLES, command_line, trial_row
 from sweeps.storage import open_storage
+from tbptt import contract
 from tbptt.errors import ConfigError
 
 STATES = ["complete", "pruned", "fail", "running", "waiting"]
@@ -265,13 +265,13 @@ def _multirun_trials(jobs: dict[int, Path]) -> pd.DataFrame:
 
 
 def _job_row(number: int, job: Path, overrides: list[str], now: float) -> dict[str, Any]:
-    result_path = job / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.exists() else None
+    result_path = job / contract.RESULT_FILE
+    result = contract.read_result(job)
     state, value, reason = _job_outcome(job, result, now)
     return {
         "number": number, "state": state, "value": value, "phase": None, "parent": None,
-        "tokens": (result or {}).get("tokens"), "flops": (result or {}).get("flops"),
-        "wall_seconds": (result or {}).get("wall_seconds"),
+        "tokens": result.tokens if result else None, "flops": result.flops if result else None,
+        "wall_seconds": result.wall_seconds if result else None,
         "full_val_loss": None, "test_loss": None,
         "stop_reason": reason, "retry_of": None, "worker": None,
         "datetime_start": _mtime(job / ".hydra" / "overrides.yaml"),
@@ -281,22 +281,18 @@ def _job_row(number: int, job: Path, overrides: list[str], now: float) -> dict[s
 
 
 def _job_outcome(
-    job: Path, result: dict[str, Any] | None, now: float
+    job: Path, result: contract.TrialResult | None, now: float
 ) -> tuple[str, float | None, str | None]:
-    """(state, value, reason) of a multirun job, judged as the Optuna sweeper judges trials."""
+    """(state, value, reason) of a multirun job, by the sweeper's rule (tbptt/contract.py)."""
     if result is None:
         running = now - _last_written(job) < RUNNING_WINDOW_S
         return ("running", None, None) if running else ("fail", None, "no result.json")
-    if result.get("stop_reason"):
-        return "pruned", None, str(result["stop_reason"])
-    if not result.get("completed"):
+    if not result.stop_reason and not result.completed:
         return "fail", None, "result.json: not completed"
     config = _read_yaml(job / ".hydra" / "config.yaml") or {}
-    objective = (config.get("trainer") or {}).get("objective", "best")
-    value = result.get("final_val_loss" if objective == "final" else "best_val_loss")
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return "fail", None, f"objective is not finite: {value}"
-    return "complete", float(value), None
+    rule = (config.get("trainer") or {}).get("objective", "best")
+    told = contract.outcome(result.objective(rule), result)
+    return told.state.lower(), told.value, told.reason
 
 
 def _swept_params(overrides: Sequence[list[str]]) -> dict[str, list[Any]]:

@@ -160,6 +160,7 @@ class SweeperConfig:
     n_trials: int = 40  # total for the study, across re-runs and machines
     n_jobs: int | None = None  # worker processes; null: the CPU count (GPU count with cuda)
     threads_per_worker: int = 1
+    trials_per_gpu: int = 1  # workers sharing one GPU: small trials leave a GPU mostly idle
     trial_logs: bool = False  # trials' log lines on the console too (always in their job's .log)
     max_failures: int | None = 10  # stop the sweep after this many failed trials
     max_retries: int = 1  # re-run a trial whose worker died (or whose sweep was killed)

@@ -9,6 +9,7 @@ are rewritten atomically each time a trial finishes.
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,22 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def command_line(overrides: list[str]) -> str:
     return " ".join(shlex.quote(o) for o in overrides)
+
+
+def app_command() -> str:
+    """How this process's app was started: ``python -m tbptt.train`` or ``python app.py``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name}"
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or not script.name:
+        return "python -m tbptt.train"
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"python {shlex.quote(str(script))}"
 
 
 STUDY_FILE = "study.yaml"  # which study a sweep directory's job directories belong to
@@ -193,7 +210,7 @@ class SweepOutputs:
             "trial": best.number,
             "params": dict(best.params),
             "overrides": overrides,
-            "command": "python -m tbptt.train " + command_line(overrides),
+            "command": f"{app_command()} {command_line(overrides)}".strip(),
             "job_dir": best.user_attrs.get("job_dir"),
         }
         if final is not None:

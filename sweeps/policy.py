@@ -20,10 +20,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.plan import CANDIDATE, FINAL, SEARCH, TRANSFER, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
-from sweeps.storage import INTERRUPTED, beat
+from sweeps.storage import INTERRUPTED, beat, pop_waiting
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
 from tbptt.errors import ConfigError
-from tbptt.train import typed
 
 log = logging.getLogger(__name__)
 USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re-runs
@@ -75,11 +74,22 @@ class TrialMaker:
     """Asks the study for a trial (a new one, or an enqueued retry or continuation), samples
     its parameters and turns it into a job; a config that does not validate fails at once."""
 
-    def __init__(self, study: optuna.Study, space: SearchSpace, compose: Any) -> None:
-        self.study, self.space, self.compose = study, space, compose
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        compose: Callable[[list[str]], Any],
+        check: Callable[[Any], None] = lambda cfg: None,
+        pop_only: bool = False,
+    ) -> None:
+        self.study, self.space, self.compose, self.check = study, space, compose, check
+        self.pop_only = pop_only  # an agent's: it runs enqueued trials only (sweeps/agent.py)
 
-    def make(self, spec: Spec) -> TrialJob | TrialOutcome:
-        trial = self.study.ask()
+    def make(self, spec: Spec) -> TrialJob | TrialOutcome | None:
+        """The next trial's job; None when ``pop_only`` and no trial waits."""
+        trial = pop_waiting(self.study) if self.pop_only else self.study.ask()
+        if trial is None:
+            return None
         beat(self.study._storage, trial._trial_id)
         values = sample(trial, self.space, self.compose)
         extra, job = spec(trial.user_attrs)
@@ -87,7 +97,7 @@ class TrialMaker:
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("replay", [o for o in overrides if not o.startswith(NOT_REPLAYED)])
         try:
-            typed(self.compose(overrides))
+            self.check(self.compose(overrides))
         except ConfigError as err:
             return self.fail(trial, str(err))
         return TrialJob(trial.number, trial._trial_id, tuple(overrides), **job)

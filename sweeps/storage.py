@@ -164,6 +164,17 @@ def beat(storage: BaseStorage, trial_id: int) -> None:
         pass  # its worker has just told the outcome; the sweep has not collected it yet
 
 
+def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
+    """A WAITING trial of ``study``, now RUNNING and this process's; None when none waits.
+
+    ``Study.ask`` does the same claim (atomic in every storage) but creates a trial when none
+    waits; a sweep agent must not: the sweep process decides how many trials the study holds.
+    Optuna has no public call for the claim alone, hence the private one, in this one place.
+    """
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
 def last_beat(trial: FrozenTrial) -> float:
     started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
     return float(trial.system_attrs.get(HEARTBEAT, started))

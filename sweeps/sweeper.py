@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -31,7 +32,18 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.agent import Agent
 from sweeps.config import answer_function
+from sweeps.gpus import check_gpu_slots, default_jobs, gpu_count, gpu_env
+from sweeps.launch import (
+    AgentSettings,
+    AgentsFailed,
+    AgentSweep,
+    agent_hosts,
+    check_agent_storage,
+    engine_of,
+    launcher_target,
+)
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import (
     SEARCH,
@@ -80,9 +92,9 @@ from sweeps.worker import (
     TrialOutcome,
     TrialRunner,
 )
+from tbptt import contract
 from tbptt.errors import ConfigError
 from tbptt.keys import differences, flatten
-from tbptt.train import typed
 
 log = logging.getLogger(__name__)
 PLAN_ATTR = "sweeps:plan"  # study attr: a budgeted sweep's plan, kept for its re-runs
@@ -108,27 +120,6 @@ class Settings:
     budget: float | None  # seconds for the whole sweep (sweeps/plan.py); None: n_trials decides
 
 
-def default_jobs(device: str, gpus: int, cpus: int) -> int:
-    """Workers when ``n_jobs`` is unset: one per GPU for CUDA runs, else one per core."""
-    return max(1, gpus) if device.startswith("cuda") or (device == "auto" and gpus) else cpus
-
-
-def gpu_env(slot: int, gpus: int, device: str) -> dict[str, str]:
-    """Pin the worker in ``slot`` to one GPU, round-robin, when trials run on CUDA."""
-    if gpus == 0 or device == "cpu":
-        return {}
-    return {"CUDA_VISIBLE_DEVICES": str(slot % gpus)}
-
-
-def gpu_count() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    import torch  # the sweep process pays for this import only to count GPUs
-
-    return torch.cuda.device_count()
-
-
 class OptunaSweeper(Sweeper):
     """Hydra sweeper running Optuna trials in parallel worker processes, with early pruning.
 
@@ -139,6 +130,7 @@ class OptunaSweeper(Sweeper):
         n_trials: total trials of the study, across re-runs.
         n_jobs: worker processes (null: one per core, or one per GPU for CUDA runs).
         threads_per_worker: torch threads in each worker.
+        trials_per_gpu: workers sharing one GPU (CUDA runs; with Ray, a GPU share per agent).
         trial_logs: show the trials' log lines on the console too (else their job's log only).
         max_failures: stop after this many failed trials (null: never).
         max_retries: re-runs of a trial whose worker died.
@@ -196,6 +188,11 @@ class OptunaSweeper(Sweeper):
             self._composed[key] = loader.load_sweep_config(self.config, list(overrides))
         return self._composed[key]
 
+    def check(self, cfg: DictConfig) -> None:
+        """The app's own config check (tbptt/contract.py ``checked_by``), if it has one."""
+        assert self.task_function is not None
+        contract.check_config(self.task_function, cfg)
+
     def is_group(self, key: str) -> bool:
         assert self.hydra_context is not None
         return bool(self.hydra_context.config_loader.get_group_options(key.replace(".", "/")))
@@ -207,13 +204,14 @@ class OptunaSweeper(Sweeper):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
         space = parse_space(params, arguments, self.is_group)
-        fixed = typed(self.compose(list(space.fixed)))  # bad values fail here, before any worker
-        if "data" in fixed and not any(p.key.split(".")[0] == "data" for p in space.params):
-            fixed["data"].load_text()  # a missing or unreadable corpus, too
+        self.check(self.compose(list(space.fixed)))  # bad values fail here, before any worker
         check_keys(space, self.compose)
-        check_values(space, self.compose, typed)
+        check_values(space, self.compose, self.check)
         if self.cfg.budget is not None:
             check_planned_keys(space)
+        launcher = launcher_target(self.config)
+        if launcher is not None:
+            self._check_agents(launcher)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with SweepLock(sweep_dir):
             about = {"question": self.cfg.question, "answer": self.cfg.answer}
@@ -221,8 +219,12 @@ class OptunaSweeper(Sweeper):
             study = self._study(sweep_dir, space)
             outputs = SweepOutputs(sweep_dir, self.cfg.storage)
             outputs.load_finished(study)
-            self._recover(study, all_running=self.cfg.storage is None)
-            self._run(study, space, sweep_dir, outputs)
+            if launcher is None:
+                self._recover(study, all_running=self.cfg.storage is None)
+                self._run(study, space, sweep_dir, outputs)
+            else:  # agents of an earlier run may still run trials: only stale ones are failed
+                self._recover(study, all_running=False)
+                self._run_agents(study, space, sweep_dir, outputs)
             outputs.write(study)
         print(result_text(study), file=sys.stderr)
         return study
@@ -264,7 +266,11 @@ class OptunaSweeper(Sweeper):
 
     def _settings(self) -> Settings:
         device, cfg = self._device(), self.cfg
-        n_jobs = cfg.n_jobs or default_jobs(device, gpu_count(), os.cpu_count() or 1)
+        gpus, per_gpu = gpu_count(), int(cfg.trials_per_gpu)
+        n_jobs = cfg.n_jobs or default_jobs(device, gpus, os.cpu_count() or 1, per_gpu)
+        assert self.config is not None
+        if launcher_target(self.config) is None:  # agents get their GPUs from their engine
+            check_gpu_slots(int(n_jobs), gpus, per_gpu, device)
         return Settings(
             n_trials=int(cfg.n_trials),
             n_jobs=int(n_jobs),
@@ -277,17 +283,83 @@ class OptunaSweeper(Sweeper):
             budget=None if cfg.budget is None else parse_duration(cfg.budget),
         )
 
-    def _runner(self, sweep_dir: Path) -> TrialRunner:
+    def _runner(self, sweep_dir: Path, home: bool = False) -> TrialRunner:
+        """What runs trials in a worker; ``home``: in an agent, shipping them to ``sweep_dir``."""
         assert self.hydra_context and self.config and self.task_function
         cfg = self.cfg
         ref = StudyRef(
-            cfg.study_name, cfg.storage, str(sweep_dir), float(cfg.storage_patience),
-            OmegaConf.to_container(cfg.pruner),  # type: ignore[arg-type]
-        )  # fmt: skip
+            study_name=cfg.study_name,
+            storage=cfg.storage,
+            sweep_dir=str(sweep_dir),
+            patience=float(cfg.storage_patience),
+            pruner=OmegaConf.to_container(cfg.pruner),  # type: ignore[arg-type]
+        )
         return TrialRunner(
-            self.hydra_context, self.config, self.task_function, Singleton.get_state(), ref,
-            int(self.cfg.threads_per_worker), trial_logs=bool(self.cfg.trial_logs),
-        )  # fmt: skip
+            hydra_context=self.hydra_context,
+            config=self.config,
+            task_function=self.task_function,
+            singleton_state=Singleton.get_state(),
+            study_ref=ref,
+            threads=int(self.cfg.threads_per_worker),
+            trial_logs=bool(self.cfg.trial_logs),
+            home=str(sweep_dir) if home else None,
+        )
+
+    def _check_agents(self, launcher: str) -> None:
+        """What a sweep on agents cannot do, and a storage they cannot reach: said before
+        anything is submitted."""
+        name = launcher.rsplit(".", 1)[-1]
+        if self.cfg.budget is not None:
+            raise ConfigError(
+                f"hydra.sweeper.budget: a budgeted sweep runs on the local worker pool, not on "
+                f"agents of hydra.launcher ({name}); drop one of the two"
+            )
+        if self.cfg.transfer.top_k:
+            raise ConfigError(
+                f"hydra.sweeper.transfer: the transfer check runs on the local worker pool, "
+                f"not on agents of hydra.launcher ({name}); drop one of the two"
+            )
+        assert self.config is not None
+        engine = engine_of(launcher)
+        hosts = agent_hosts(engine, self.config.hydra.launcher)
+        check_agent_storage(self.cfg.storage, engine, hosts)
+
+    def _run_agents(
+        self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
+    ) -> None:
+        """The trials on agents launched through ``hydra.launcher`` (sweeps/launch.py)."""
+        assert self.hydra_context is not None and self.config is not None
+        settings = self._settings()
+        timeout = settings.timeout
+        deadline = None if timeout is None else time.time() + timeout - process_age()
+        agent = Agent(
+            runner=self._runner(sweep_dir.resolve(), home=True),
+            space=space,
+            sampler=study.sampler,
+            heartbeat_interval=settings.heartbeat_interval,
+            deadline=deadline,
+        )
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=agent, config=self.config
+        )
+        gridded = isinstance(study.sampler, optuna.samplers.GridSampler)
+        grid = grid_space(space) if gridded else None
+        sweep = AgentSweep(study, launcher, AgentSettings(
+            n_trials=settings.n_trials, n_jobs=settings.n_jobs,
+            max_failures=settings.max_failures, max_retries=settings.max_retries,
+            grace_period=settings.grace_period, deadline=deadline, grid=grid,
+        ), outputs, sweep_dir)  # fmt: skip
+        try:
+            sweep.run()
+        except KeyboardInterrupt:
+            sweep.stop()
+            outputs.write(study)
+            print("\ninterrupted: the agents finish the trials they run, then stop; re-run "
+                  "the same command to collect them and resume", file=sys.stderr)  # fmt: skip
+            sys.exit(130)
+        except AgentsFailed as err:
+            raise SweepError(str(err)) from None
+        check_failures(study, sweep.failures, settings.max_failures)
 
     def _run(
         self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
@@ -317,7 +389,7 @@ class OptunaSweeper(Sweeper):
     def _policy(
         self, study: optuna.Study, space: SearchSpace, settings: Settings, pool: WorkerPool
     ) -> CountPolicy | BudgetPolicy:
-        maker = TrialMaker(study, space, self.compose)
+        maker = TrialMaker(study, space, self.compose, self.check)
         clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
         if settings.budget is None:
             grid = None
@@ -529,6 +601,7 @@ def check_settings(cfg: DictConfig) -> None:
 
     check(cfg.n_trials >= 1, f"n_trials must be >= 1, got {cfg.n_trials}")
     check(cfg.n_jobs is None or cfg.n_jobs >= 1, f"n_jobs must be >= 1, got {cfg.n_jobs}")
+    check(cfg.trials_per_gpu >= 1, f"trials_per_gpu must be >= 1, got {cfg.trials_per_gpu}")
     check(
         cfg.threads_per_worker >= 1,
         f"threads_per_worker must be >= 1, got {cfg.threads_per_worker}",
@@ -626,6 +699,18 @@ def unretried_interruptions(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
+def check_failures(study: optuna.Study, failures: list[str], limit: int | None) -> None:
+    """A sweep that stopped for its failures, or where every trial failed, ends in an error."""
+    if limit is not None and len(failures) >= limit:
+        raise SweepError(
+            f"stopped after {len(failures)} failed trials (hydra.sweeper.max_failures="
+            f"{limit}); last: {failures[-1]}"
+        )
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if failures and not study.get_trials(deepcopy=False, states=finished):
+        raise SweepError(f"no trial finished: {len(failures)} failed; last: {failures[-1]}")
+
+
 class Scheduler:
     """Keeps every worker busy with what the policy gives, asynchronously, until it gives
     nothing more and no job runs."""
@@ -651,16 +736,7 @@ class Scheduler:
         finally:  # an error message, too, starts below the bar, on a plain console
             self.progress.close()
         self.policy.tick()
-        if self._too_many_failures():
-            raise SweepError(
-                f"stopped after {len(self.failures)} failed trials (hydra.sweeper.max_failures="
-                f"{self.settings.max_failures}); last: {self.failures[-1]}"
-            )
-        finished = (TrialState.COMPLETE, TrialState.PRUNED)
-        if self.failures and not self.study.get_trials(deepcopy=False, states=finished):
-            raise SweepError(
-                f"no trial finished: {len(self.failures)} failed; last: {self.failures[-1]}"
-            )
+        check_failures(self.study, self.failures, self.settings.max_failures)
 
     def _loop(self) -> None:
         while True:

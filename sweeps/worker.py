@@ -7,7 +7,7 @@ with the step counted in training tokens, and stops as soon as the pruner says s
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
@@ -29,12 +29,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
+from sweeps.shipment import ship
 from sweeps.storage import open_storage
-from tbptt import hooks
-from tbptt.errors import ConfigError, ConfigExit, summary
+from tbptt import contract
+from tbptt.contract import Report, TrialResult
+from tbptt.errors import ConfigError
 from tbptt.evaluate import evaluate_checkpoint
 from tbptt.metrics import atomic_path
-from tbptt.trainer import EvalPoint, StopRun
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet",
                     "grad_flow.parquet")  # fmt: skip
@@ -98,9 +99,9 @@ class TrialOutcome:
 
 
 class PruningReporter:
-    """The job's eval callback: report to the trial, stop the run when the pruner says so, or
-    when the run cannot reach its compute target before its deadline at the rate seen so far.
-    """
+    """The job's listener (tbptt/contract.py): report to the trial; stop the run when the
+    pruner says so, or when it cannot reach its compute target before its deadline at the rate
+    seen so far."""
 
     def __init__(self, trial: optuna.Trial, job: TrialJob | None = None) -> None:
         self.trial = self._trial = trial
@@ -109,17 +110,21 @@ class PruningReporter:
         self._target = job.target_flops if job else None
         self._first: tuple[float, int] | None = None  # (time, flops) at the first evaluation
         self._threads = job.threads if job else None
-        self.pruned_at: int | None = None
+        self.stopped: str | None = None  # why the sweeper stopped the run
 
-    def __call__(self, point: EvalPoint) -> None:
+    def __call__(self, point: Report) -> str | None:
+        if self.stopped:
+            return self.stopped  # an app that went on after being told to stop
         self._take_idle_cores()
-        self._trial.report(point.val_loss, point.step)
+        self._trial.report(point.value, point.step)
         if point.final:
-            return  # it trained its whole budget: pruning now would save nothing
+            return None  # it trained its whole budget: pruning now would save nothing
         if self._prune and self._trial.should_prune():
-            self.pruned_at = point.tokens
-            raise StopRun(f"pruned at token {point.tokens}")
-        self._check_time(point)
+            where = f"token {point.tokens}" if point.tokens is not None else f"step {point.step}"
+            self.stopped = f"pruned at {where}"
+        else:
+            self.stopped = self._out_of_time(point)
+        return self.stopped
 
     def _take_idle_cores(self) -> None:
         attrs = self._trial.storage.get_trial_system_attrs(self._trial._trial_id)
@@ -130,23 +135,23 @@ class PruningReporter:
             torch.set_num_threads(int(threads))
             self._threads = int(threads)
 
-    def _check_time(self, point: EvalPoint) -> None:
-        if self._deadline is None or self._target is None:
-            return
+    def _out_of_time(self, point: Report) -> str | None:
+        if self._deadline is None or self._target is None or point.flops is None:
+            return None
         now = time.time()
         if self._first is None:
             self._first = (now, point.flops)
-            return
+            return None
         seconds, flops = now - self._first[0], point.flops - self._first[1]
         if seconds <= 0 or flops <= 0 or point.flops >= self._target:
-            return
+            return None
         finish = now + (self._target - point.flops) * seconds / flops
-        if finish > self._deadline:
-            self.pruned_at = point.tokens
-            raise StopRun(
-                f"out of time at token {point.tokens}: it would reach its compute budget "
-                f"{finish - self._deadline:.0f} s after its phase ends"
-            )
+        if finish <= self._deadline:
+            return None
+        return (
+            f"out of time at token {point.tokens}: it would reach its compute budget "
+            f"{finish - self._deadline:.0f} s after its phase ends"
+        )
 
 
 @dataclass
@@ -169,6 +174,9 @@ class TrialRunner:
     study_ref: StudyRef
     threads: int
     trial_logs: bool = False  # hydra.sweeper.trial_logs: trials log to the console too
+    # An agent on any host (sweeps/agent.py): job directories in a local scratch directory,
+    # shipped home through the storage (sweeps/shipment.py) to this sweep directory.
+    home: str | None = None
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
 
@@ -201,19 +209,30 @@ class TrialRunner:
                 return self._calibrate(job)
             except CalibrationError as err:  # sent back: the sweep process says why and stops
                 return err
+        if self.home is None:
+            return self.run_trial(job)
+        with tempfile.TemporaryDirectory(prefix="tbptt-agent-") as scratch:
+            return self.run_trial(job, Path(scratch))
+
+    def run_trial(self, job: TrialJob, scratch: Path | None = None) -> TrialOutcome:
+        """Run the trial's job (in ``scratch``, then shipped home, when given), tell the study."""
         study = self._load_study()
         started = time.perf_counter()
         self._set_threads(job.threads or self.threads)
         trial = optuna.Trial(study, job.trial_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = PruningReporter(trial, job)
-        ret, job_dir = self._run_job(job, reporter)
+        ret, job_dir = self._run_job(job, reporter, scratch)
         outcome = classify(job.number, ret, reporter, job_dir)
         if job.score and self._scorable(job, outcome):
             outcome = self._score(job, outcome, job_dir, trial)
         outcome = replace(outcome, seconds=time.perf_counter() - started)
-        tell(study, trial, outcome, job_dir)
-        return outcome
+        home = job_dir
+        if scratch is not None and self.home is not None:
+            home = Path(self.home) / job_dir.relative_to(scratch)
+            ship(study._storage, job.trial_id, job_dir)
+        tell(study, trial, outcome, job_dir, home)
+        return replace(outcome, job_dir=str(home))
 
     @staticmethod
     def _set_threads(threads: int) -> None:
@@ -227,11 +246,11 @@ class TrialRunner:
         with tempfile.TemporaryDirectory(prefix="tbptt-calibrate-") as scratch:
             run = TrialJob(-1, -1, tuple(job.run_overrides()))
             ret, job_dir = self._run_job(run, None, Path(scratch))
-            result = read_result(job_dir)
-        flops, seconds = float(result.get("flops") or 0), float(result.get("wall_seconds") or 0)
+            result = contract.read_result(job_dir) or TrialResult()
+        flops, seconds = float(result.flops or 0), float(result.wall_seconds or 0)
         if ret.status == JobStatus.FAILED or flops <= 0 or seconds <= 0:
-            exc = ret._return_value
-            why = _summary(exc) if isinstance(exc, BaseException) else "no FLOPs recorded"
+            exc = job_error(ret)
+            why = contract.failure(exc).reason if exc is not None else "no FLOPs recorded"
             raise CalibrationError(f"measuring the training speed failed: {why}")
         return flops / seconds
 
@@ -266,29 +285,30 @@ class TrialRunner:
         with open_dict(config):
             config.hydra.job.id = f"{config.hydra.job.name}_{job.number}"
             config.hydra.job.num = job.number
-            if scratch is not None:
-                config.hydra.sweep.dir, config.hydra.sweep.subdir = str(scratch), "run"
+            if scratch is not None:  # a calibration run, or an agent's trial (shipped home)
+                config.hydra.sweep.dir = str(scratch)
+                if job.number < 0:
+                    config.hydra.sweep.subdir = "run"
             if not self.trial_logs:
                 drop_console_handlers(config.hydra.job_logging)
         HydraConfig.instance().set_config(config)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         if job.init_from is not None and reporter is not None:
             start = copy_run(Path(job.init_from), job_dir)
-            reporter.trial.set_user_attr("start_flops", int(start.get("flops") or 0))
-            reporter.trial.set_user_attr("start_seconds", float(start.get("wall_seconds") or 0))
-        hooks.job_callbacks[:] = [reporter] if reporter is not None else []
-        try:
-            ret = run_job(
-                hydra_context=self.hydra_context,
-                config=config,
-                task_function=self.task_function,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-        except SystemExit as exit_:  # the app rejected its config (it printed why)
-            ret = JobReturn(status=JobStatus.FAILED, _return_value=exit_)
-        finally:
-            hooks.job_callbacks.clear()
+            reporter.trial.set_user_attr("start_flops", int(start.flops or 0))
+            reporter.trial.set_user_attr("start_seconds", float(start.wall_seconds or 0))
+        listening = contract.listening(reporter) if reporter else contextlib.nullcontext()
+        with listening:
+            try:
+                ret = run_job(
+                    hydra_context=self.hydra_context,
+                    config=config,
+                    task_function=self.task_function,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            except SystemExit as exit_:  # run_job catches Exception only; sys.exit() is not one
+                ret = JobReturn(status=JobStatus.FAILED, _return_value=exit_)
         return ret, job_dir
 
 
@@ -317,7 +337,7 @@ def _writes_to_console(handler: DictConfig) -> bool:
     return issubclass(cls, logging.StreamHandler) and not issubclass(cls, logging.FileHandler)
 
 
-def copy_run(source: Path, target: Path) -> dict[str, Any]:
+def copy_run(source: Path, target: Path) -> TrialResult:
     """Seed ``target`` with the checkpoint and tables of the run in ``source``, so that a
     ``trainer.resume=true`` job there continues it (its tables then hold the whole history).
     Returns the source's result: where the continuation starts."""
@@ -326,57 +346,59 @@ def copy_run(source: Path, target: Path) -> dict[str, Any]:
         if (source / name).exists():
             with atomic_path(target / name) as tmp:
                 shutil.copyfile(source / name, tmp)
-    return read_result(source)
+    return contract.read_result(source) or TrialResult()
 
 
-def _summary(exc: BaseException) -> str:
-    if isinstance(exc, ConfigExit):  # the app printed the reason; this is what it printed
-        return f"error: {exc.message}"
-    return summary(exc)
-
-
-def read_result(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "result.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def job_error(ret: JobReturn) -> BaseException | None:
+    # JobReturn.return_value re-raises a failed job's exception; the field holds it as is.
+    value = ret._return_value
+    return value if isinstance(value, BaseException) else None
 
 
 def classify(
     number: int, ret: JobReturn, reporter: PruningReporter, job_dir: Path
 ) -> TrialOutcome:
+    """The job's outcome by the contract's rule; what it trained, from its result."""
+    error = job_error(ret) if ret.status == JobStatus.FAILED else None
     if ret.status == JobStatus.FAILED:
-        exc = ret._return_value
-        reason = _summary(exc) if isinstance(exc, BaseException) else "job failed"
-        return TrialOutcome(number, "FAIL", None, reason, str(job_dir))
-    result = read_result(job_dir)
-    done = TrialOutcome(
-        number, "COMPLETE", None, None, str(job_dir),
-        flops=int(result.get("flops") or 0),
-        train_seconds=float(result.get("wall_seconds") or 0.0),
+        told = contract.failure(error) if error else contract.Outcome("FAIL", None, "job failed")
+        return TrialOutcome(number, told.state, None, told.reason, str(job_dir))
+    result = contract.read_result(job_dir)
+    told = contract.outcome(ret.return_value, result, reporter.stopped)
+    return TrialOutcome(
+        number, told.state, told.value, told.reason, str(job_dir),
+        flops=int(result.flops or 0) if result else 0,
+        train_seconds=float(result.wall_seconds or 0.0) if result else 0.0,
     )  # fmt: skip
-    stop_reason = result.get("stop_reason")
-    if reporter.pruned_at is not None or stop_reason:
-        return replace(done, state="PRUNED", reason=stop_reason)
-    value = ret.return_value
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return replace(done, state="FAIL", reason=f"objective is not finite: {value}")
-    return replace(done, value=float(value))
 
 
-def planned_replay(replay: list[str], result: dict[str, Any]) -> list[str]:
+def planned_replay(replay: list[str], result: TrialResult) -> list[str]:
     """A time-budgeted run's replay: the FLOP budget and anneal it fixed, not its seconds."""
     timed = ("trainer.max_flops=", "trainer.anneal=", "trainer.max_seconds=")
     kept = [o for o in replay if not o.startswith(timed)]
-    return [*kept, f"trainer.max_flops={result['planned_flops']}",
-            f"trainer.anneal={result['planned_anneal']!r}"]  # fmt: skip
+    return [*kept, f"trainer.max_flops={result.planned_flops}",
+            f"trainer.anneal={result.planned_anneal!r}"]  # fmt: skip
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, job_dir: Path) -> None:
-    result = read_result(job_dir)
-    trial.set_user_attr("job_dir", str(job_dir))
-    for key in ("tokens", "flops", "wall_seconds", "best_val_loss", "final_val_loss"):
-        if key in result and isinstance(result[key], int | float) and math.isfinite(result[key]):
-            trial.set_user_attr(key, result[key])
-    if result.get("planned_flops") is not None:  # a time budget became FLOPs: replay those
+RECORDED = ("tokens", "flops", "wall_seconds", "best_val_loss", "final_val_loss")  # user attrs
+
+
+def tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    job_dir: Path,
+    home: Path | None = None,
+) -> None:
+    """Record what the job in ``job_dir`` trained and tell its outcome; the trial's job
+    directory is ``home`` when its files were shipped there."""
+    result = contract.read_result(job_dir) or TrialResult()
+    trial.set_user_attr("job_dir", str(home or job_dir))
+    for key in RECORDED:
+        value = getattr(result, key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            trial.set_user_attr(key, value)
+    if result.planned_flops is not None:  # a time budget became FLOPs: replay those
         trial.set_user_attr("replay", planned_replay(trial.user_attrs.get("replay", []), result))
     if outcome.reason:
         key = "fail_reason" if outcome.state == "FAIL" else "stop_reason"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -55,13 +55,40 @@ def one_line(err: BaseException) -> str:
     return message + _options(str(err))
 
 
+class HeldJobLine:
+    """Holds back the line Hydra writes to stderr before it re-raises a job's exception
+    (``Error executing job with overrides: [...]``): for a bad config the one-line error says
+    it all; any other error gets the line back, above its traceback."""
+
+    PREFIX = "Error executing job with overrides:"
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.held = stream, ""
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.PREFIX):
+            self.held = text
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def run_app(main: Callable[[], Any]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises rather than printing
+    stderr = sys.stderr
+    sys.stderr = held = HeldJobLine(stderr)  # type: ignore[assignment]
     try:
         main()
     except (HydraException, OmegaConfBaseException, ConfigError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=stderr)
         sys.exit(2)
     except OSError as err:  # an unwritable output directory, a full disk: not a bug to trace
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=stderr)
         sys.exit(1)
+    except BaseException:
+        stderr.write(held.held)
+        raise
+    finally:
+        sys.stderr = stderr

@@ -1,15 +1,6 @@
 from __future__ import annotations
 
 
-class ConfigExit(SystemExit):
-    """The entry point's exit (code 2) after printing a ``ConfigError``; it keeps the message,
-    so a sweep worker running the app in-process can record why its trial failed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
-
-
 class ConfigError(ValueError):
     """Bad user input (a config key or an input file), detected before compute is spent.
 

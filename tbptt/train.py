@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tbptt import config, hooks
+from tbptt import config, contract
 from tbptt.cli import run_app
-from tbptt.errors import ConfigError, ConfigExit, first_line
+from tbptt.errors import ConfigError, first_line
 from tbptt.keys import flatten
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
-from tbptt.trainer import Divergence, EvalCallback, RunResult, Trainer
+from tbptt.trainer import Divergence, EvalCallback, EvalPoint, RunResult, StopRun, Trainer
 
 log = logging.getLogger(__name__)
 config.register()
@@ -136,14 +135,31 @@ def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = Non
     return result
 
 
+def report_to_sweeper(point: EvalPoint) -> None:
+    """The trainer's eval callback: each evaluation goes to the sweeper (tbptt/contract.py),
+    which may stop the run (pruned, out of time)."""
+    reason = contract.report(point.val_loss, point.step, tokens=point.tokens, flops=point.flops,
+                             final=point.final)  # fmt: skip
+    if reason:
+        raise StopRun(reason)
+
+
+def check(cfg: DictConfig) -> None:
+    """What the sweeper validates every trial's config with before it trains: every group's
+    values, and that a corpus file can be read."""
+    data = typed(cfg).get("data")
+    if isinstance(data, config.FileDataConfig):
+        data.load_text()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@contract.checked_by(check)
 def main(cfg: DictConfig) -> float:
-    try:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = run(cfg, run_dir, list(hooks.job_callbacks))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise ConfigExit(str(err)) from None
+    """Train one run; its objective is the best (or final) validation loss. A bad config
+    raises ``ConfigError``: the command line (``run_app``) prints it in one line and exits 2,
+    a sweep records its message as the trial's failure."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = run(cfg, run_dir, [report_to_sweeper])
     return result.objective(cfg.trainer.objective)
 
 

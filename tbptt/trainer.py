@@ -41,12 +41,13 @@ import torch.nn.functional as F
 
 from tbptt import checkpoint
 from tbptt.clipping import Clipper, ErrorClip
+from tbptt.contract import objective_of, write_result
 from tbptt.data import Corpus
 from tbptt.diagnostics import decay_factor, gradient_flow, layer_grad_norms
 from tbptt.errors import ConfigError
 from tbptt.evaluate import mean_loss
 from tbptt.keys import differences
-from tbptt.metrics import MetricsLog, write_json
+from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
 
@@ -184,8 +185,10 @@ class RunResult:
     planned_anneal: float | None = None
     vocab_size: int | None = None  # chance is ln(vocab_size) nats/char (the answers' yardstick)
 
-    def objective(self, kind: str = "best") -> float:
-        return self.best_val_loss if kind == "best" else self.final_val_loss
+    def objective(self, rule: str = "best") -> float:
+        value = objective_of(rule, self.best_val_loss, self.final_val_loss)
+        assert value is not None  # both losses are floats (inf before the first evaluation)
+        return value
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ class Trainer:
             self.state.elapsed = time.perf_counter() - started
             self.log.flush()  # metrics recorded so far survive any ending, crashes included
         result = self.result()
-        write_json(asdict(result), self.log.directory / "result.json")
+        write_result(asdict(result), self.log.directory)
         return result
 
     def result(self) -> RunResult:

@@ -185,11 +185,6 @@ def simulate(budget: float, workers: int, n_trials: int = 100):
     return study, plan, pool
 
 
-@pytest.fixture(autouse=True)
-def no_config_checks(monkeypatch):
-    monkeypatch.setattr("sweeps.policy.typed", lambda cfg: cfg)  # the fake config has no schema
-
-
 @pytest.mark.parametrize("budget, workers", [(540, 2), (300, 2), (540, 4), (200, 1)])
 def test_simulated_sweep_keeps_every_phase_inside_the_budget(budget, workers):
     study, plan, pool = simulate(budget, workers)

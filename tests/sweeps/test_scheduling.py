@@ -6,17 +6,18 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from sweeps.gpus import check_gpu_slots, default_jobs, gpu_env, ray_gpus
 from sweeps.policy import counted
 from sweeps.space import Param, SearchSpace
 from sweeps.storage import fail_trial, retry
-from sweeps.sweeper import default_jobs, gpu_env, grid_space
+from sweeps.sweeper import grid_space
 from sweeps.worker import PruningReporter
+from tbptt.contract import Report
 from tbptt.errors import ConfigError
-from tbptt.trainer import EvalPoint, StopRun
 
 
-def point(tokens: int, loss: float) -> EvalPoint:
-    return EvalPoint(tokens=tokens, flops=tokens * 10, step=tokens, val_loss=loss)
+def point(tokens: int, loss: float) -> Report:
+    return Report(loss, tokens, tokens=tokens, flops=tokens * 10)
 
 
 def finished_curve(study, values):
@@ -33,10 +34,9 @@ def test_reporter_stops_a_trial_worse_than_the_median():
         finished_curve(study, [3.0, 2.0, 1.5])
     trial = study.ask()
     reporter = PruningReporter(trial)
-    reporter(point(1000, 2.9))  # better than the median at this step: goes on
-    with pytest.raises(StopRun, match="pruned at token 2000"):
-        reporter(point(2000, 2.5))  # worse than the median of 2.0
-    assert reporter.pruned_at == 2000
+    assert reporter(point(1000, 2.9)) is None  # better than the median at this step: goes on
+    assert reporter(point(2000, 2.5)) == "pruned at token 2000"  # worse than the median of 2.0
+    assert reporter.stopped == "pruned at token 2000"
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1000: 2.9, 2000: 2.5}
 
 
@@ -44,9 +44,9 @@ def test_reporter_lets_a_good_trial_finish():
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     finished_curve(study, [3.0, 2.0])
     reporter = PruningReporter(study.ask())
-    reporter(point(1000, 2.0))
-    reporter(point(2000, 1.0))
-    assert reporter.pruned_at is None
+    assert reporter(point(1000, 2.0)) is None
+    assert reporter(point(2000, 1.0)) is None
+    assert reporter.stopped is None
 
 
 def test_asha_prunes_at_the_rungs_in_tokens():
@@ -55,15 +55,14 @@ def test_asha_prunes_at_the_rungs_in_tokens():
     for i in range(4):
         finished_curve(study, [1.0 + i * 0.1, 0.9, 0.8, 0.7])
     reporter = PruningReporter(study.ask())
-    with pytest.raises(StopRun, match="pruned at token 1000"):
-        reporter(point(1000, 5.0))
+    assert reporter(point(1000, 5.0)) == "pruned at token 1000"
 
 
 def test_a_trial_at_the_end_of_its_budget_is_never_pruned():
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # prunes all
     reporter = PruningReporter(study.ask())
-    reporter(EvalPoint(tokens=2000, flops=20000, step=2000, val_loss=5.0, final=True))
-    assert reporter.pruned_at is None
+    assert reporter(Report(5.0, 2000, tokens=2000, flops=20000, final=True)) is None
+    assert reporter.stopped is None
 
 
 def test_trials_interrupted_by_the_sweep_never_count_towards_the_total():
@@ -106,6 +105,25 @@ def test_workers_are_pinned_to_gpus_round_robin():
         {"CUDA_VISIBLE_DEVICES": "0"},
     ]
     assert gpu_env(1, 0, "auto") == {} and gpu_env(1, 4, "cpu") == {}
+
+
+def test_four_trials_per_gpu_fill_every_gpu_evenly():
+    assert default_jobs("cuda", 2, 16, per_gpu=4) == 8
+    pinned = [gpu_env(slot, 2, "cuda")["CUDA_VISIBLE_DEVICES"] for slot in range(8)]
+    assert pinned.count("0") == pinned.count("1") == 4
+    assert [gpu_env(slot, 2, "cuda")["CUDA_VISIBLE_DEVICES"] for slot in range(2)] == ["0", "1"]
+    check_gpu_slots(8, 2, 4, "cuda")  # fits
+    with pytest.raises(ConfigError, match=r"n_jobs=9 on 2 GPU\(s\).*trials_per_gpu to 5"):
+        check_gpu_slots(9, 2, 4, "cuda")
+    check_gpu_slots(9, 0, 1, "cuda")  # no GPU here: trainer.device says so when a trial starts
+    check_gpu_slots(9, 2, 1, "cpu")
+
+
+def test_ray_agents_ask_for_a_gpu_share_only_where_there_are_gpus():
+    assert ray_gpus("cuda", 2.0, 4) == 0.25
+    assert ray_gpus("auto", 1.0, 1) == 1.0
+    assert ray_gpus("cuda", 0.0, 4) == 0.0  # infeasible on a CPU cluster: pending forever
+    assert ray_gpus("cpu", 8.0, 4) == 0.0
 
 
 def test_grid_space_from_choices_and_int_ranges():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -47,7 +48,7 @@ def test_a_trial_that_raises_ends_fail_and_the_sweep_goes_on(tmp_path):
     assert {t.params["x"] for t in failed} == {-0.5, -0.2}
     assert all(t.user_attrs["fail_reason"].startswith("ValueError: boom") for t in failed)
     best = (tmp_path / "best.yaml").read_text()
-    assert "x: 0.4" in best and "command: python -m tbptt.train" in best
+    assert "x: 0.4" in best and "command: python tests/sweeps/toy_app.py fail_below=0 x=0.4" in best
 
 
 def test_max_failures_stops_the_sweep_with_a_clear_message(tmp_path):
@@ -259,3 +260,15 @@ def _running(sweep_dir: Path) -> bool:
     except Exception:  # noqa: BLE001 - the journal is being written
         return False
 
+
+
+def test_a_config_error_inside_a_trial_is_recorded_with_its_message(tmp_path):
+    proc = sweep(tmp_path, GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=6", "bad_above=0.5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    failed = [t for t in load(tmp_path) if t.state == TrialState.FAIL]
+    assert sorted(t.params["x"] for t in failed) == [0.7, 0.9]
+    reasons = {t.user_attrs["fail_reason"] for t in failed}
+    assert reasons == {"error: x must be <= 0.5, got 0.7", "error: x must be <= 0.5, got 0.9"}
+    table = pd.read_parquet(tmp_path / "trials.parquet")
+    assert set(table.loc[table["state"] == "fail", "stop_reason"]) == reasons

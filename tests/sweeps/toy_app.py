@@ -2,6 +2,7 @@
 
 The objective is (x - 0.3)^2, reported over ``steps`` evaluations that improve towards it, so
 pruners have curves to compare. ``sleep`` slows a trial, ``fail_below`` raises for x below it,
+``bad_above`` rejects x above it as a bad config (a ``ConfigError`` raised inside the trial),
 ``kill_marker`` SIGKILLs the worker mid-trial for each x in ``kill_xs`` (once per x: a marker
 file remembers it, so a retry can succeed).
 """
@@ -17,9 +18,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tbptt import hooks
-from tbptt.metrics import write_json
-from tbptt.trainer import EvalPoint, StopRun
+from tbptt import contract
+from tbptt.errors import ConfigError
 
 
 def objective(cfg: DictConfig) -> float:
@@ -31,6 +31,8 @@ def fault(cfg: DictConfig, run_dir: Path) -> None:
         (run_dir / "big.bin").write_bytes(b"\0" * int(cfg.write_mb * 2**20))
     if cfg.fail_below is not None and cfg.x < cfg.fail_below:
         raise ValueError(f"boom at x={cfg.x}")
+    if cfg.bad_above is not None and cfg.x > cfg.bad_above:
+        raise ConfigError(f"x must be <= {cfg.bad_above}, got {cfg.x}")
     marker = Path(f"{cfg.kill_marker}-{cfg.x}") if cfg.kill_marker else None
     if marker and cfg.x in cfg.kill_xs and not marker.exists():
         marker.write_text("killed once")
@@ -40,18 +42,14 @@ def fault(cfg: DictConfig, run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="toy_conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    stop_reason = None
-    try:
-        for step in range(1, cfg.steps + 1):
-            time.sleep(cfg.sleep / cfg.steps)
-            if step == cfg.steps // 2:
-                fault(cfg, run_dir)
-            for callback in hooks.job_callbacks:
-                loss = objective(cfg) + 1.0 / step
-                callback(EvalPoint(tokens=step * 100, flops=step, step=step * 100, val_loss=loss))
-    except StopRun as stop:
-        stop_reason = stop.reason
-    write_json({"stop_reason": stop_reason, "tokens": step * 100}, run_dir / "result.json")
+    for step in range(1, cfg.steps + 1):
+        time.sleep(cfg.sleep / cfg.steps)
+        if step == cfg.steps // 2:
+            fault(cfg, run_dir)
+        loss = objective(cfg) + 1.0 / step
+        if contract.report(loss, step * 100, tokens=step * 100, flops=step):
+            break
+    contract.write_result({"tokens": step * 100}, run_dir)
     return objective(cfg) + 1.0 / cfg.steps
 
 

@@ -1,0 +1,111 @@
+"""A sweep agent: a long-lived job, started through a Hydra launcher (``hydra/launcher=
+submitit_slurm``, ``submitit_local``, ``ray``, ...), that pulls trials from the shared study
+until none is left, and runs each one in its own process.
+
+The sweep process decides how many trials the study holds: it enqueues them, as WAITING
+trials (``tickets``: no parameters yet; a retry carries its failed trial's). An agent pops one
+(Optuna's own claim, atomic in every storage), samples its parameters with the sweep's sampler
+(define-by-run, as the local pool does), runs the app's job in a local scratch directory with a
+heartbeat going, ships the job's files home through the storage (sweeps/shipment.py) and tells
+the outcome. When nothing waits, or the sweep says stop, the agent returns how many trials it
+ran. An agent that dies leaves its trial RUNNING without heartbeat: the sweep process fails it
+and enqueues a retry with the same parameters, which another agent pops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from sweeps.policy import TrialMaker
+from sweeps.space import SearchSpace
+from sweeps.storage import beat
+from sweeps.worker import TrialJob, TrialOutcome, TrialRunner
+from tbptt import contract
+
+log = logging.getLogger(__name__)
+STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
+
+
+class Heartbeat:
+    """Beats the trial's heartbeat every ``interval`` seconds from a thread, while in use."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                beat(self._storage, self._trial_id)
+            except Exception as err:  # noqa: BLE001 - a storage hiccup must not end the trial
+                log.warning("heartbeat of trial id %d failed: %s", self._trial_id, err)
+
+    def __enter__(self) -> Heartbeat:
+        beat(self._storage, self._trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval + 5)
+
+
+@dataclass
+class Agent:
+    """The task function that the launcher runs in each agent job.
+
+    Args:
+        runner: runs one trial (``sweeps.worker.TrialRunner`` with ``home`` set).
+        space: the search space, sampled define-by-run in each popped trial.
+        sampler: the sweep's sampler; each agent reseeds its copy.
+        heartbeat_interval: seconds between heartbeats of the running trial.
+        deadline: ``time.time()`` after which no trial starts (``hydra.sweeper.timeout``).
+    """
+
+    runner: TrialRunner
+    space: SearchSpace
+    sampler: optuna.samplers.BaseSampler
+    heartbeat_interval: float
+    deadline: float | None = None
+
+    def __call__(self, cfg: DictConfig) -> int:
+        self.runner._setup()
+        study = self.runner._load_study()
+        study.sampler = self.sampler
+        study.sampler.reseed_rng()  # agents sharing a seed would sample the same points
+        maker = TrialMaker(study, self.space, self._compose, self._check, pop_only=True)
+        ran = 0
+        while not self._should_stop(study):
+            job = maker.make(lambda attrs: ([], {}))
+            if job is None:
+                break  # nothing waits: the sweep's trials are all taken
+            if isinstance(job, TrialOutcome):
+                continue  # its sampled config failed its check; it is recorded as FAIL
+            self._run(study, job)
+            ran += 1
+        log.info("agent done: %d trials", ran)
+        return ran
+
+    def _run(self, study: optuna.Study, job: TrialJob) -> None:
+        with Heartbeat(study._storage, job.trial_id, self.heartbeat_interval):
+            self.runner(job)
+
+    def _should_stop(self, study: optuna.Study) -> bool:
+        if self.deadline is not None and time.time() > self.deadline:
+            return True
+        return bool(study.user_attrs.get(STOP_ATTR))
+
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        loader = self.runner.hydra_context.config_loader
+        return loader.load_sweep_config(self.runner.config, list(overrides))
+
+    def _check(self, cfg: DictConfig) -> None:
+        contract.check_config(self.runner.task_function, cfg)

@@ -1,0 +1,203 @@
+"""The trial contract: what passes between a training run and the sweeper that schedules it.
+
+Any ``@hydra.main`` app becomes prunable by the Optuna sweeper (``hydra/sweeper=optuna``) with
+two lines, and returns its objective as it would for any Hydra sweeper::
+
+    from tbptt import contract
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+    def main(cfg):
+        for step in range(cfg.steps):
+            loss = train_a_little_and_evaluate()
+            if contract.report(loss, step):  # the sweeper pruned this trial: stop training
+                break
+        return loss
+
+Outside a sweep ``report`` does nothing and returns ``None``. Optionally, an app names the
+function that validates its config (``checked_by``): the sweeper then rejects a bad search
+space before any trial runs, and a sampled config that does not validate fails before it
+trains. ``examples/quadratic`` is such an app, tested end to end.
+
+The sweeper's side: its worker listens (``listening``) while it runs the job, reads what the job
+left in its directory (``read_result``: ``result.json``, written by this project's trainer; an
+app that writes none is judged by its return value alone), and the trial's outcome is decided
+once, by ``outcome``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+RESULT_FILE = "result.json"
+OBJECTIVES = ("best", "final")  # trainer.objective: the best or the last validation loss
+COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"  # Optuna's names for a trial's end
+CHECK_ATTR = "sweeper_check"  # set on a task function by ``checked_by``
+
+
+@dataclass(frozen=True)
+class Report:
+    """One evaluation of a running trial. ``step`` orders the reports (the pruner compares
+    trials at equal steps); tokens and FLOPs, when known, let the sweeper judge the time left."""
+
+    value: float
+    step: int
+    tokens: int | None = None
+    flops: int | None = None
+    final: bool = False  # the run's last evaluation: its budget is spent, nothing to prune
+
+
+Listener = Callable[[Report], str | None]  # returns why the run must stop now, or None
+
+# Module state, read through this module: Hydra launchers pickle task functions by value (and
+# ``python -m app`` runs them as ``__main__``), so a list in the app's own module would travel
+# as a copy. Only the sweeper's worker adds to it, around one job at a time.
+_listeners: list[Listener] = []
+
+
+def report(
+    value: float,
+    step: int,
+    *,
+    tokens: int | None = None,
+    flops: int | None = None,
+    final: bool = False,
+) -> str | None:
+    """Report ``value`` (the objective so far) at ``step``; returns why the run should stop
+    now (pruned, or out of its phase's time), else ``None``."""
+    point = Report(float(value), int(step), tokens, flops, final)
+    for listener in list(_listeners):
+        reason = listener(point)
+        if reason:
+            return reason
+    return None
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Route the ``report`` calls of the job run inside this block to ``listener``."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def checked_by(check: Callable[[Any], Any]) -> Callable[[Task], Task]:
+    """Mark a task function (under ``@hydra.main``) with the function that validates its
+    composed config (raising ``ConfigError`` or ``ValueError`` with a message naming the key)."""
+
+    def mark(task: Task) -> Task:
+        setattr(task, CHECK_ATTR, check)
+        return task
+
+    return mark
+
+
+def check_config(task: Callable[..., Any], cfg: Any) -> None:
+    """Run the check ``task`` was marked with (if any) on ``cfg``; a ``ValueError`` it raises
+    becomes a ``ConfigError`` (bad input, reported in one line)."""
+    from tbptt.errors import ConfigError
+
+    check = getattr(task, CHECK_ATTR, None)
+    if check is None:
+        return
+    try:
+        check(cfg)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a finished run recorded in ``result.json``; every field is optional, so an app
+    records what it knows (this project's trainer records them all)."""
+
+    completed: bool = True  # False when the run stopped early (see stop_reason)
+    stop_reason: str | None = None
+    tokens: int | None = None
+    flops: int | None = None
+    updates: int | None = None
+    wall_seconds: float | None = None  # the trainer's own time (a continued run: in total)
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    planned_flops: int | None = None  # a time budget turned into FLOPs: replay with these
+    planned_anneal: float | None = None
+    vocab_size: int | None = None  # chance is ln(vocab_size) nats/char (analysis/answers.py)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def objective(self, rule: str = "best") -> float | None:
+        return objective_of(rule, self.best_val_loss, self.final_val_loss)
+
+
+def objective_of(rule: str, best: float | None, final: float | None) -> float | None:
+    """``trainer.objective``: the best validation loss of the run, or its final one."""
+    if rule not in OBJECTIVES:
+        raise ValueError(f"trainer.objective must be 'best' or 'final', got {rule!r}")
+    return best if rule == "best" else final
+
+
+def write_result(data: Mapping[str, Any], job_dir: Path) -> None:
+    from tbptt.metrics import write_json  # atomic: a reader never sees half a file
+
+    write_json(dict(data), job_dir / RESULT_FILE)
+
+
+def read_result(job_dir: Path | str) -> TrialResult | None:
+    """The run's result, or None when it wrote none (or an unreadable one)."""
+    path = Path(job_dir) / RESULT_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return TrialResult.from_dict(data) if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    reason: str | None  # why it stopped early or failed
+
+
+def outcome(
+    returned: Any, result: TrialResult | None, stopped: str | None = None
+) -> Outcome:
+    """How a job that ran to its end is told to the study: stopped early (by the sweeper,
+    ``stopped``, or by itself, ``result.stop_reason``) is PRUNED; otherwise its objective (the
+    task function's return value) must be a finite number. A job that raised is a FAIL with
+    its error's message (``failure``)."""
+    reason = stopped or (result.stop_reason if result is not None else None)
+    if reason:
+        return Outcome(PRUNED, None, reason)
+    if isinstance(returned, bool) or not isinstance(returned, int | float):
+        return Outcome(FAIL, None, f"objective is not a number: {returned!r}")
+    if not math.isfinite(returned):
+        return Outcome(FAIL, None, f"objective is not finite: {returned}")
+    return Outcome(COMPLETE, float(returned), None)
+
+
+def failure(error: BaseException) -> Outcome:
+    """A job that raised: a bad config says its one-line message, anything else its type too;
+    an app that exited (``sys.exit``) says its code."""
+    from tbptt.errors import ConfigError, summary
+
+    if isinstance(error, ConfigError):
+        return Outcome(FAIL, None, f"error: {error}")
+    if isinstance(error, SystemExit):
+        return Outcome(FAIL, None, f"the app exited with code {error.code}")
+    return Outcome(FAIL, None, summary(error))

@@ -1,0 +1,134 @@
+"""Sweeps on agents launched through a Hydra launcher (sweeps/agent.py, sweeps/launch.py):
+the storage check, results shipped home, and a real sweep on ``submitit_local`` agents,
+one of which is killed mid-trial."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from sweeps.launch import check_agent_storage, engine_of
+from sweeps.shipment import CHUNKS_ATTR, ship, unpack
+from sweeps.storage import open_storage, pop_waiting
+from tbptt.errors import ConfigError
+from tests.conftest import ROOT
+
+TOY = ROOT / "tests" / "sweeps" / "toy_app.py"
+GRID = "x=choice(-0.5,-0.2,0.1,0.4,0.7,0.9)"
+FAST_LIVENESS = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=4")
+
+
+def sweep(sweep_dir: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep_dir}",
+           "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2"]  # fmt: skip
+    return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="tbptt", storage=open_storage(None, sweep_dir))
+    return study.get_trials()
+
+
+@pytest.mark.parametrize(
+    ("storage", "engine", "hosts", "message"),
+    [
+        (None, "slurm", {"node1", "node2"}, "a journal file in the sweep directory cannot be reached"),
+        ("/shared/study.journal", "slurm", {"node1", "node2"}, "/shared/study.journal cannot be reached"),
+        ("sqlite:///study.db", "ray", None, "sqlite:///study.db cannot be reached"),
+        ("postgresql://me@127.0.0.1/optuna", "slurm", {"node1", "node2"}, "127.0.0.1 is a loopback address"),
+        ("redis://localhost:6379", "ray", None, "localhost:6379 is a loopback address"),
+    ],
+)
+def test_a_storage_agents_on_other_hosts_cannot_reach_is_refused(storage, engine, hosts, message):
+    with pytest.raises(ConfigError, match="hydra.sweeper.storage: " + message.replace(".", r"\.")):
+        check_agent_storage(storage, engine, hosts)
+
+
+@pytest.mark.parametrize(
+    ("storage", "engine", "hosts"),
+    [
+        (None, "local", None),  # submitit_local: agents on this host
+        (None, "slurm", {"localhost"}),  # a one-node cluster on this host
+        ("postgresql://me@db.example.org/optuna", "slurm", {"node1", "node2"}),
+        ("mysql+pymysql://me:pw@db/optuna", "ray", None),
+    ],
+)
+def test_a_storage_every_agent_reaches_is_accepted(storage, engine, hosts):
+    check_agent_storage(storage, engine, hosts)
+
+
+def test_launchers_map_to_the_engine_their_agents_run_on():
+    assert engine_of("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher") == "slurm"
+    assert engine_of("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher") == "local"
+    assert engine_of("hydra_plugins.tbptt_ray_launcher.ray_launcher.TBPTTRayLauncher") == "ray"
+
+
+def test_a_trials_files_travel_home_through_the_storage(tmp_path):
+    study = optuna.create_study()
+    study.enqueue_trial({})
+    trial = pop_waiting(study)
+    assert trial is not None and pop_waiting(study) is None  # popped once; none is created
+    job = tmp_path / "agent" / "3"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "result.json").write_text('{"tokens": 5}')
+    (job / ".hydra" / "overrides.yaml").write_text("- x=1\n")
+    (job / "steps.parquet").write_bytes(random.Random(0).randbytes(400_000))  # 3 chunks
+    ship(study._storage, trial._trial_id, job)
+    study.tell(trial, 1.0)
+    frozen = study.trials[0]
+    assert frozen.system_attrs[CHUNKS_ATTR] == 3
+    home = tmp_path / "home" / "3"
+    assert unpack(frozen, home)
+    assert (home / "result.json").read_text() == '{"tokens": 5}'
+    assert (home / ".hydra" / "overrides.yaml").read_text() == "- x=1\n"
+    assert (home / "steps.parquet").read_bytes() == (job / "steps.parquet").read_bytes()
+    assert not unpack(frozen, home)  # already home: left as it is
+
+
+def test_a_sweep_on_submitit_local_agents_reaches_its_total_with_every_job_at_home(tmp_path):
+    proc = sweep(tmp_path, "x=interval(-1,1)", "hydra.sweeper.n_trials=6", "sleep=1.5")
+    assert proc.returncode == 0, proc.stderr
+    trials = trials_of(tmp_path)
+    assert len(trials) == 6
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both agents pulled trials
+    for t in trials:
+        job = Path(t.user_attrs["job_dir"])
+        assert job.parent == tmp_path.resolve() and (job / "result.json").exists()
+        assert (job / ".hydra" / "overrides.yaml").exists()
+    table = pd.read_parquet(tmp_path / "trials.parquet")
+    assert sorted(table["number"]) == list(range(6))
+    assert "best " in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_killed_agent_has_its_trial_retried_and_nothing_is_counted_twice(tmp_path):
+    marker = tmp_path / "killed-once"
+    proc = sweep(tmp_path / "s", GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
+                 "hydra.sweeper.n_trials=4", f"kill_marker={marker}", "kill_xs=[-0.5]",
+                 "hydra.sweeper.enqueue=[{x: -0.5}]", *FAST_LIVENESS)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trials = trials_of(tmp_path / "s")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].params == {"x": -0.5}
+    assert failed[0].user_attrs["fail_reason"] == "its agent stopped (no heartbeat)"
+    retried = [t for t in trials if t.user_attrs.get("retried_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == failed[0].params
+    counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
+    assert counts == {"COMPLETE": 4, "FAIL": 1}  # the retry counts once; nothing RUNNING/WAITING
+
+
+def test_agents_refuse_a_budgeted_sweep_before_anything_is_submitted(tmp_path):
+    proc = sweep(tmp_path, "x=interval(-1,1)", "hydra.sweeper.budget=1m")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.sweeper.budget: a budgeted sweep runs on the local worker pool"
+    )
+    assert not (tmp_path / ".submitit").exists()
