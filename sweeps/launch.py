@@ -83,8 +83,8 @@ def ray_hosts(launcher: DictConfig) -> set[str] | None:
     import ray
 
     if not ray.is_initialized():  # connected as the launcher connects (sweeps/ray_launcher.py)
-        init = OmegaConf.to_container(launcher.get("init") or {}, resolve=True)
-        ray.init(address=address, log_to_driver=False, **init)  # type: ignore[arg-type]
+        init = OmegaConf.to_container(launcher.init, resolve=True) if "init" in launcher else {}
+        ray.init(address=address, log_to_driver=False, **(init or {}))  # type: ignore[arg-type]
     return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
 
 
@@ -104,7 +104,7 @@ def this_host(hosts: set[str]) -> bool:
         names.add(socket.gethostbyname(name))
     except OSError:
         pass
-    return bool(hosts) and hosts <= names
+    return bool(hosts) and all(h in names or h.startswith(LOOPBACK) for h in hosts)
 
 
 def check_agent_storage(storage: str | None, engine: str, hosts: set[str] | None) -> None:
