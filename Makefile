@@ -42,7 +42,7 @@ test-all: install ## Run every test, the slow ones included
 	$(BIN)/pytest -q -m "slow or not slow"
 
 lint: install ## Ruff and mypy
-	$(BIN)/ruff check tbptt sweeps analysis tests hydra_plugins
+	$(BIN)/ruff check tbptt sweeps analysis tests hydra_plugins examples benchmarks
 	$(BIN)/mypy
 
 sweep: install ## Run conf/sweep/$(SWEEP).yaml (default: default), then write its report

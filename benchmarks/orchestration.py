@@ -6,6 +6,10 @@
   settings, an objective that makes the same 20 ``report()`` + ``should_prune()`` calls.
 - spawn: one process per trial (the toy app as a single Hydra run), what a launcher that
   starts a process per job pays; it makes no Optuna calls, so it is a lower bound.
+- agents (submitit_local, slurm, ray): our sweeper with ``hydra/launcher=...``: ``n_jobs``
+  agents launched through the launcher pull the trials (sweeps/agent.py) and ship each job
+  home through the storage. Slurm where ``sbatch`` answers (``.ci/slurm.sh`` starts a one-node
+  cluster), Ray where it imports (a local Ray, started by the launcher).
 
 Per launch: wall per trial, total (the launch's wall / trials) and steady (first to last
 completion / (trials - 1): no process or worker start), startup (launch to the first job's
@@ -19,9 +23,12 @@ of a small fsync just before it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +52,7 @@ class Settings:
     trials: int = 30
     jobs: tuple[int, ...] = (1, 2)
     spawns: int = 4  # single runs per repeat (each is a whole process start)
-    repeats: int = 5
+    repeats: int = 3
 
 
 FULL = Settings()
@@ -69,6 +76,8 @@ def _compare(s: Settings, jobs: int, root: Path) -> list[Row]:
     }
     if jobs == 1:
         arms["spawn per trial"] = lambda d: spawn(d, s.spawns)
+    for engine, overrides in engines(smoke=s is SMOKE).items():
+        arms[f"agents {engine}"] = lambda d, o=overrides: ours(d, s.trials, jobs, o)
     results: dict[str, list[Metrics]] = {name: [] for name in arms}
     for repeat, name in alternating(list(arms), s.repeats):
         fsync = fsync_latency(root)  # journal storage fsyncs every write: the disk's share
@@ -90,11 +99,25 @@ def _rows(results: dict[str, list[Metrics]], case: str) -> list[Row]:
     return rows
 
 
-def ours(sweep_dir: Path, trials: int, jobs: int) -> Metrics:
+def engines(smoke: bool = False) -> dict[str, list[str]]:
+    """The launchers whose agents can run here, with their overrides (smoke: the local one)."""
+    found = {"submitit_local": ["hydra/launcher=submitit_local"]}
+    if smoke:
+        return found
+    if shutil.which("sbatch") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+        found["slurm"] = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1",
+                          "hydra.launcher.mem_gb=null"]  # fmt: skip
+    if importlib.util.find_spec("ray") is not None:
+        found["ray"] = ["hydra/launcher=ray",
+                        "hydra.launcher.init={num_cpus:2,include_dashboard:false}"]  # fmt: skip
+    return found
+
+
+def ours(sweep_dir: Path, trials: int, jobs: int, extra: list[str] | None = None) -> Metrics:
     run = launch([
         str(TOY_APP), "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=none",
         f"hydra.sweep.dir={sweep_dir}", "x=interval(-1,1)", f"steps={REPORTS}", "sleep=0",
-        f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}",
+        f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}", *(extra or []),
     ])  # fmt: skip
     done = study_trials(sweep_dir)
     entered = {t.number: job_started(Path(t.user_attrs["job_dir"])) for t in done}

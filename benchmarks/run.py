@@ -1,4 +1,5 @@
-"""``python -m benchmarks.run [--smoke] [--out DIR]``: run the suite, write and print results.
+"""``python -m benchmarks.run [--smoke] [--only NAME] [--out DIR]``: run the suite (or one
+benchmark of it, e.g. ``--only orchestration``), write and print results.
 
 Full mode takes about 20 minutes on 2 cores and needs the Shakespeare corpus (``make data``);
 ``--smoke`` runs every benchmark at tiny sizes, once, in under a minute (its figures mean
@@ -40,8 +41,15 @@ LAST: list[Callable[[bool], list[Row]]] = [payoff.run]
 CORPUS = ROOT / "data" / "shakespeare.txt"
 
 
-def run_all(smoke: bool) -> list[Row]:
+def by_name() -> dict[str, Callable[[bool], list[Row]]]:
+    benches = [*IN_PROCESS, *CHILD_PROCESSES, *LAST]
+    return {bench.__module__.rsplit(".", 1)[-1]: bench for bench in benches}
+
+
+def run_all(smoke: bool, only: str | None = None) -> list[Row]:
     torch.set_num_threads(1)  # the single-thread figures; child processes set their own
+    if only is not None:
+        return by_name()[only](smoke)
     if not smoke:
         benches = [*IN_PROCESS, *CHILD_PROCESSES, *LAST]
         return [row for bench in benches for row in bench(smoke)]
@@ -55,13 +63,14 @@ def run_all(smoke: bool) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat, < 60 s")
+    parser.add_argument("--only", choices=sorted(by_name()), help="run this benchmark alone")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if not args.smoke and not CORPUS.exists():
         print(f"error: {CORPUS} is missing; build it with `make data`", file=sys.stderr)
         return 2
     info = report.machine()
-    rows = run_all(args.smoke)
+    rows = run_all(args.smoke, args.only)
     info["load average at the end"] = report.machine()["load average (1/5/15 min)"]
     command = shlex.join(["python", "-m", "benchmarks.run", *(argv or sys.argv[1:])])
     text = report.markdown(rows, info, command)

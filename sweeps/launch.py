@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -77,7 +78,7 @@ def slurm_hosts() -> set[str] | None:
 
 def ray_hosts(launcher: DictConfig) -> set[str] | None:
     """The addresses of the Ray cluster's nodes; a Ray started here (no address): this host."""
-    address = OmegaConf.select(launcher, "address", default=None)
+    address = OmegaConf.select(launcher, "address", default=None) or os.environ.get("RAY_ADDRESS")
     if address is None:
         return {"localhost"}
     import ray

@@ -20,7 +20,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -32,7 +32,8 @@ _INIT = threading.Lock()
 @dataclass
 class RayLauncherConf:
     _target_: str = "hydra_plugins.tbptt_ray_launcher.ray_launcher.TBPTTRayLauncher"
-    address: str | None = None  # a cluster's address ("auto", "host:6379"); null: start one here
+    # A cluster's address ("auto", "host:6379"); null: $RAY_ADDRESS if set, else start one here.
+    address: str | None = None
     num_cpus: float = 1  # CPUs each job asks for
     num_gpus: float | None = None  # null: 1 / hydra.sweeper.trials_per_gpu where GPUs exist
     resources: dict[str, float] = field(default_factory=dict)  # custom resources per job
@@ -118,4 +119,15 @@ class RayLauncher(Launcher):
                         initial_job_idx + i, Singleton.get_state())  # fmt: skip
             for i, overrides in enumerate(job_overrides)
         ]
-        return list(ray.get(refs))
+        jobs = zip(refs, job_overrides, strict=True)
+        return [self._result(ray, ref, overrides) for ref, overrides in jobs]
+
+    @staticmethod
+    def _result(ray: Any, ref: Any, overrides: Sequence[str]) -> JobReturn:
+        """The job's return; a job lost with its node or worker is FAILED with Ray's error,
+        not raised: the other jobs' results stand."""
+        try:
+            return ray.get(ref)  # type: ignore[no-any-return]
+        except (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError) as err:
+            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
+                             _return_value=err)  # fmt: skip

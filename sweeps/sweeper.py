@@ -5,7 +5,8 @@ when the config composed for the chosen group options has its key) and hands the
 free worker the moment one is free: no batch barrier. Workers run the trial's Hydra job, report
 the validation loss at every evaluation to the pruner, and tell the study the outcome. The study
 lives in ``hydra.sweeper.storage``; re-running the same command continues it up to
-``n_trials`` in total.
+``n_trials`` in total. With a Hydra launcher selected (``hydra/launcher=submitit_slurm``,
+``ray``, ...) the trials run on agents launched through it instead (sweeps/launch.py).
 """
 
 from __future__ import annotations

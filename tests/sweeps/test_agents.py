@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from sweeps.launch import check_agent_storage, engine_of
+from sweeps.launch import check_agent_storage, engine_of, untried
 from sweeps.shipment import CHUNKS_ATTR, ship, unpack
 from sweeps.storage import open_storage, pop_waiting
 from tbptt.errors import ConfigError
@@ -132,3 +132,15 @@ def test_agents_refuse_a_budgeted_sweep_before_anything_is_submitted(tmp_path):
         "error: hydra.sweeper.budget: a budgeted sweep runs on the local worker pool"
     )
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_a_grid_is_enqueued_point_by_point_skipping_what_the_study_holds():
+    study = optuna.create_study()
+    study.enqueue_trial({"a": 1, "b": "x"})
+    study.enqueue_trial({"a": 2, "b": "y"})
+    done = study.ask()  # pops the first: it ran
+    done.suggest_categorical("a", [1, 2])
+    done.suggest_categorical("b", ["x", "y"])
+    study.tell(done, 0.5)  # the second still waits
+    points = untried({"a": [1, 2], "b": ["x", "y"]}, study.get_trials())
+    assert points == [{"a": 1, "b": "y"}, {"a": 2, "b": "x"}]

@@ -48,7 +48,8 @@ def test_a_trial_that_raises_ends_fail_and_the_sweep_goes_on(tmp_path):
     assert {t.params["x"] for t in failed} == {-0.5, -0.2}
     assert all(t.user_attrs["fail_reason"].startswith("ValueError: boom") for t in failed)
     best = (tmp_path / "best.yaml").read_text()
-    assert "x: 0.4" in best and "command: python tests/sweeps/toy_app.py fail_below=0 x=0.4" in best
+    assert "x: 0.4" in best
+    assert "command: python tests/sweeps/toy_app.py fail_below=0 x=0.4" in best
 
 
 def test_max_failures_stops_the_sweep_with_a_clear_message(tmp_path):
