@@ -84,8 +84,9 @@ def ray_hosts(launcher: DictConfig) -> set[str] | None:
     import ray
 
     if not ray.is_initialized():  # connected as the launcher connects (sweeps/ray_launcher.py)
-        init = OmegaConf.to_container(launcher.init, resolve=True) if "init" in launcher else {}
-        ray.init(address=address, log_to_driver=False, **(init or {}))  # type: ignore[arg-type]
+        from sweeps.ray_launcher import ray_init_args
+
+        ray.init(address=address, log_to_driver=False, **ray_init_args(launcher))
     return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
 
 

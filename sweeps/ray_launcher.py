@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -24,6 +24,8 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 _INIT = threading.Lock()
@@ -36,14 +38,20 @@ class RayLauncherConf:
     address: str | None = None
     num_cpus: float = 1  # CPUs each job asks for
     num_gpus: float | None = None  # null: 1 / hydra.sweeper.trials_per_gpu where GPUs exist
-    resources: dict[str, float] = field(default_factory=dict)  # custom resources per job
-    init: dict[str, Any] = field(default_factory=dict)  # more ray.init arguments
+    resources: Any = None  # custom resources each job asks for, e.g. {gpu_node: 1}
+    init: Any = None  # more ray.init arguments, e.g. {num_cpus: 2, include_dashboard: false}
 
 
 def register() -> None:
     ConfigStore.instance().store(
         group="hydra/launcher", name="ray", node=RayLauncherConf, provider="tbptt"
     )
+
+
+def ray_init_args(conf: DictConfig) -> dict[str, Any]:
+    """``hydra.launcher.init`` as keyword arguments of ``ray.init``."""
+    init = conf.get("init")
+    return dict(OmegaConf.to_container(init, resolve=True)) if init else {}  # type: ignore[arg-type]
 
 
 def run_one(
@@ -77,20 +85,40 @@ class RayLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
+        self._task: Any = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
-        self._connect()  # here, in the main thread: Ray sets its signal handlers there
+        self._task = self._remote(self._connect())  # in the main thread: Ray's signal handlers
+
+    def _remote(self, ray: Any) -> Any:
+        """The Ray task of a job; Ray checks its options here, before anything runs."""
+        try:
+            return ray.remote(run_one).options(
+                num_cpus=float(self.conf.num_cpus),
+                num_gpus=self._gpus(ray),
+                resources=dict(self.conf.resources or {}),
+                max_retries=0,
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"hydra.launcher (ray): {first_line(err)}") from None
 
     def _connect(self) -> Any:
         import ray
 
         with _INIT:  # the sweep launches agents from several threads
             if not ray.is_initialized():
-                init = OmegaConf.to_container(self.conf.init, resolve=True) or {}
-                ray.init(address=self.conf.address, log_to_driver=False, **init)  # type: ignore[arg-type]
+                try:
+                    ray.init(address=self.conf.address, log_to_driver=False,
+                             **ray_init_args(self.conf))  # fmt: skip
+                except ConnectionError as err:
+                    raise ConfigError(
+                        f"hydra.launcher.address={self.conf.address}: {first_line(err)}"
+                    ) from None
+                except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: a bad key
+                    raise ConfigError(f"hydra.launcher.init: {first_line(err)}") from None
         return ray
 
     def _gpus(self, ray: Any) -> float:
@@ -108,14 +136,8 @@ class RayLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         assert self.hydra_context is not None and self.config is not None
         ray = self._connect()
-        task = ray.remote(run_one).options(
-            num_cpus=float(self.conf.num_cpus),
-            num_gpus=self._gpus(ray),
-            resources=dict(self.conf.resources),
-            max_retries=0,
-        )
         refs = [
-            task.remote(self.hydra_context, self.config, self.task_function, list(overrides),
+            self._task.remote(self.hydra_context, self.config, self.task_function, list(overrides),
                         initial_job_idx + i, Singleton.get_state())  # fmt: skip
             for i, overrides in enumerate(job_overrides)
         ]

@@ -329,8 +329,29 @@ class OptunaSweeper(Sweeper):
         self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
     ) -> None:
         """The trials on agents launched through ``hydra.launcher`` (sweeps/launch.py)."""
-        assert self.hydra_context is not None and self.config is not None
         settings = self._settings()
+        sweep = self._agent_sweep(study, space, sweep_dir, outputs, settings)
+        try:
+            sweep.run()
+        except KeyboardInterrupt:
+            sweep.stop()
+            outputs.write(study)
+            print("\ninterrupted: the agents finish the trials they run, then stop; re-run "
+                  "the same command to collect them and resume", file=sys.stderr)  # fmt: skip
+            sys.exit(130)
+        except AgentsFailed as err:
+            raise SweepError(str(err)) from None
+        check_failures(study, sweep.failures, settings.max_failures)
+
+    def _agent_sweep(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        sweep_dir: Path,
+        outputs: SweepOutputs,
+        settings: Settings,
+    ) -> AgentSweep:
+        assert self.hydra_context is not None and self.config is not None
         timeout = settings.timeout
         deadline = None if timeout is None else time.time() + timeout - process_age()
         agent = Agent(
@@ -344,23 +365,18 @@ class OptunaSweeper(Sweeper):
             hydra_context=self.hydra_context, task_function=agent, config=self.config
         )
         gridded = isinstance(study.sampler, optuna.samplers.GridSampler)
-        grid = grid_space(space) if gridded else None
-        sweep = AgentSweep(study, launcher, AgentSettings(
-            n_trials=settings.n_trials, n_jobs=settings.n_jobs,
-            max_failures=settings.max_failures, max_retries=settings.max_retries,
-            grace_period=settings.grace_period, deadline=deadline, grid=grid,
-        ), outputs, sweep_dir)  # fmt: skip
-        try:
-            sweep.run()
-        except KeyboardInterrupt:
-            sweep.stop()
-            outputs.write(study)
-            print("\ninterrupted: the agents finish the trials they run, then stop; re-run "
-                  "the same command to collect them and resume", file=sys.stderr)  # fmt: skip
-            sys.exit(130)
-        except AgentsFailed as err:
-            raise SweepError(str(err)) from None
-        check_failures(study, sweep.failures, settings.max_failures)
+        limits = AgentSettings(
+            n_trials=settings.n_trials,
+            n_jobs=settings.n_jobs,
+            max_failures=settings.max_failures,
+            max_retries=settings.max_retries,
+            grace_period=settings.grace_period,
+            deadline=deadline,
+            grid=grid_space(space) if gridded else None,
+        )
+        return AgentSweep(
+            study=study, launcher=launcher, settings=limits, outputs=outputs, sweep_dir=sweep_dir
+        )
 
     def _run(
         self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
