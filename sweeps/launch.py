@@ -39,7 +39,7 @@ from sweeps.progress import Progress
 from sweeps.shipment import unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
 from sweeps.worker import TrialOutcome, job_error
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -86,7 +86,10 @@ def ray_hosts(launcher: DictConfig) -> set[str] | None:
     if not ray.is_initialized():  # connected as the launcher connects (sweeps/ray_launcher.py)
         from sweeps.ray_launcher import ray_init_args
 
-        ray.init(address=address, log_to_driver=False, **ray_init_args(launcher))
+        try:
+            ray.init(address=address, log_to_driver=False, **ray_init_args(launcher))
+        except ConnectionError as err:
+            raise ConfigError(f"hydra.launcher.address={address}: {first_line(err)}") from None
     return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
 
 
@@ -205,11 +208,11 @@ class AgentSweep:
             self._launch()
         while True:
             self._recover()
+            waiting, running = self._pending()  # before collecting: what ends meanwhile waits
             for outcome in self._collect():
                 progress.finished(self.study, outcome, self._done())
             if self._too_many_failures():
                 self.stop()
-            waiting, running = self._pending()
             if not running and (not waiting or self._stopping()):
                 break
             if waiting and not self._stopping():
