@@ -33,8 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.agent import STOP_ATTR
 from sweeps.outputs import SweepOutputs
-from sweeps.plan import SEARCH
-from sweeps.policy import JOB_ATTRS, counted, phase_of
+from sweeps.policy import JOB_ATTRS, counted, done
 from sweeps.progress import Progress
 from sweeps.shipment import unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
@@ -297,10 +296,7 @@ class AgentSweep:
         return waiting, sum(t.state == TrialState.RUNNING for t in trials)
 
     def _done(self) -> int:
-        trials = self.study.get_trials(deepcopy=False)
-        return counted(trials) - sum(
-            1 for t in trials if not t.state.is_finished() and phase_of(t) == SEARCH
-        )
+        return done(self.study.get_trials(deepcopy=False))
 
     def _stopping(self) -> bool:
         deadline = self.settings.deadline

@@ -53,6 +53,13 @@ def counted(trials: list[FrozenTrial]) -> int:
     )
 
 
+def done(trials: list[FrozenTrial]) -> int:
+    """Finished search trials as ``n_trials`` counts them (the progress bar's count): a
+    failure that is re-run is not one, and neither is a trial still running or waiting."""
+    unfinished = sum(1 for t in trials if not t.state.is_finished() and phase_of(t) == SEARCH)
+    return counted(trials) - unfinished
+
+
 def flops_overrides(max_flops: int, eval_every: int) -> list[str]:
     """A trial budget in FLOPs, replacing any budget in tokens."""
     return [

@@ -47,7 +47,6 @@ from sweeps.launch import (
 )
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import (
-    SEARCH,
     Clock,
     Plan,
     Timeline,
@@ -63,8 +62,7 @@ from sweeps.policy import (
     CountPolicy,
     Transfer,
     TrialMaker,
-    counted,
-    phase_of,
+    done,
 )
 from sweeps.pool import DISK_FULL, Died, Finished, WorkerPool
 from sweeps.progress import Progress, result_text
@@ -791,11 +789,7 @@ class Scheduler:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def _done(self) -> int:
-        """Finished trials as ``n_trials`` counts them: a failure that is re-run is not one."""
-        trials = self.study.get_trials(deepcopy=False)
-        return counted(trials) - sum(
-            1 for t in trials if not t.state.is_finished() and phase_of(t) == SEARCH
-        )
+        return done(self.study.get_trials(deepcopy=False))
 
     def _too_many_failures(self) -> bool:
         limit = self.settings.max_failures

@@ -144,3 +144,22 @@ def test_a_grid_is_enqueued_point_by_point_skipping_what_the_study_holds():
     study.tell(done, 0.5)  # the second still waits
     points = untried({"a": [1, 2], "b": ["x", "y"]}, study.get_trials())
     assert points == [{"a": 1, "b": "y"}, {"a": 2, "b": "x"}]
+
+
+def test_a_training_sweep_on_agents_has_its_tables_and_report_at_home(tmp_path):
+    from analysis.load import load
+    from tests.conftest import TINY
+
+    cmd = [sys.executable, "-m", "tbptt.train", "-m", *TINY, "hydra/sweeper=optuna",
+           "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
+           f"hydra.sweep.dir={tmp_path}", "trainer.max_tokens=2048", "clip=none,norm",
+           "hydra/sweeper/pruner=none"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = load(tmp_path)
+    assert sorted(results.trials["number"]) == [0, 1, 2, 3]
+    assert set(results.steps["trial"]) == set(results.evals["trial"]) == {0, 1, 2, 3}
+    report = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Best configuration" in (tmp_path / "report.md").read_text()
