@@ -77,8 +77,8 @@ class Agent:
     deadline: float | None = None
 
     def __call__(self, cfg: DictConfig) -> int:
-        self.runner._setup()
-        study = self.runner._load_study()
+        self.runner.setup()
+        study = self.runner.load_study()
         study.sampler = self.sampler
         study.sampler.reseed_rng()  # agents sharing a seed would sample the same points
         maker = TrialMaker(study, self.space, self._compose, self._check, pop_only=True)

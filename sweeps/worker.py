@@ -180,14 +180,14 @@ class TrialRunner:
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         if not self._ready:
             setup_globals()
             Singleton.set_state(self.singleton_state)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             self._ready = True
 
-    def _load_study(self) -> optuna.Study:
+    def load_study(self) -> optuna.Study:
         if self._study is None:
             ref = self.study_ref
             storage = open_storage(ref.storage, Path(ref.sweep_dir), ref.patience)
@@ -203,7 +203,7 @@ class TrialRunner:
     def __call__(
         self, job: TrialJob | CalibrationJob
     ) -> TrialOutcome | float | CalibrationError:
-        self._setup()
+        self.setup()
         if isinstance(job, CalibrationJob):
             try:
                 return self._calibrate(job)
@@ -216,7 +216,7 @@ class TrialRunner:
 
     def run_trial(self, job: TrialJob, scratch: Path | None = None) -> TrialOutcome:
         """Run the trial's job (in ``scratch``, then shipped home, when given), tell the study."""
-        study = self._load_study()
+        study = self.load_study()
         started = time.perf_counter()
         self._set_threads(job.threads or self.threads)
         trial = optuna.Trial(study, job.trial_id)
