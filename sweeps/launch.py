@@ -35,7 +35,7 @@ from sweeps.agent import STOP_ATTR
 from sweeps.outputs import SweepOutputs
 from sweeps.policy import JOB_ATTRS, counted, done
 from sweeps.progress import Progress
-from sweeps.shipment import unpack
+from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
 from sweeps.worker import TrialOutcome, job_error
 from tbptt.errors import ConfigError, first_line
@@ -268,8 +268,7 @@ class AgentSweep:
         for trial in self.study.get_trials(deepcopy=False):
             if trial.state.is_finished():
                 self._seen.add(trial.number)
-                if trial.user_attrs.get("job_dir"):
-                    unpack(trial, Path(trial.user_attrs["job_dir"]))
+                self._unpack(trial)
         self.outputs.load_finished(self.study)
         self.outputs.write(self.study)
 
@@ -280,15 +279,24 @@ class AgentSweep:
             if not trial.state.is_finished() or trial.number in self._seen:
                 continue
             self._seen.add(trial.number)
-            job_dir = trial.user_attrs.get("job_dir")
-            if job_dir:
-                unpack(trial, Path(job_dir))
+            self._unpack(trial)
             self.outputs.record(self.study, trial.number)
             outcome = outcome_of(trial)
             if outcome.state == "FAIL" and not trial.user_attrs.get(INTERRUPTED):
                 self.failures.append(f"trial {trial.number}: {outcome.reason}")
             outcomes.append(outcome)
         return outcomes
+
+    @staticmethod
+    def _unpack(trial: FrozenTrial) -> None:
+        """The trial's files, home; damaged ones are said and skipped: the trial's row and
+        values, in the study, stand."""
+        job_dir = trial.user_attrs.get("job_dir")
+        try:
+            if job_dir:
+                unpack(trial, Path(job_dir))
+        except DamagedShipment as err:
+            log.warning("%s; its metric tables are left out", err)
 
     def _pending(self) -> tuple[int, int]:
         trials = self.study.get_trials(deepcopy=False)

@@ -16,6 +16,7 @@ import io
 import logging
 import shutil
 import tarfile
+import zlib
 from pathlib import Path
 
 from optuna.storages import BaseStorage
@@ -59,17 +60,30 @@ def shipped(trial: FrozenTrial) -> bool:
     return CHUNKS_ATTR in trial.system_attrs
 
 
+class DamagedShipment(ValueError):
+    """The trial's shipped files cannot be read back (the storage holds damaged chunks)."""
+
+
 def unpack(trial: FrozenTrial, job_dir: Path) -> bool:
     """Write the trial's shipped files to ``job_dir`` unless it is there already; True when
-    it was written now."""
+    it was written now. Damaged chunks raise ``DamagedShipment`` and leave nothing behind."""
     if not shipped(trial) or job_dir.exists():
         return False
-    count = int(trial.system_attrs[CHUNKS_ATTR])
-    text = "".join(str(trial.system_attrs[f"{CHUNKS_ATTR}:{i}"]) for i in range(count))
     partial = job_dir.with_name(f".{job_dir.name}.unpacking")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(text)), mode="r:gz") as tar:
-        tar.extractall(partial, filter="data")  # "data": no absolute paths, links or devices
+    try:
+        with tarfile.open(fileobj=io.BytesIO(_packed(trial)), mode="r:gz") as tar:
+            tar.extractall(partial, filter="data")  # "data": no absolute paths, links, devices
+    except (KeyError, ValueError, EOFError, tarfile.TarError, zlib.error) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        why = f"trial {trial.number}: its shipped files are damaged: {err}"
+        raise DamagedShipment(why) from None
     partial.rename(job_dir)
     return True
+
+
+def _packed(trial: FrozenTrial) -> bytes:
+    count = int(trial.system_attrs[CHUNKS_ATTR])
+    text = "".join(str(trial.system_attrs[f"{CHUNKS_ATTR}:{i}"]) for i in range(count))
+    return base64.b64decode(text, validate=True)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.launch import check_agent_storage, engine_of, untried
-from sweeps.shipment import CHUNKS_ATTR, ship, unpack
+from sweeps.shipment import CHUNKS_ATTR, DamagedShipment, ship, unpack
 from sweeps.storage import open_storage, pop_waiting
 from tbptt.errors import ConfigError
 from tests.conftest import ROOT
@@ -163,3 +163,17 @@ def test_a_training_sweep_on_agents_has_its_tables_and_report_at_home(tmp_path):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Best configuration" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("damage", ["not base64 at all!", "AAAA", ""])
+def test_damaged_shipped_files_are_refused_and_leave_nothing_behind(tmp_path, damage):
+    study = optuna.create_study()
+    study.enqueue_trial({})
+    trial = pop_waiting(study)
+    assert trial is not None
+    study._storage.set_trial_system_attr(trial._trial_id, f"{CHUNKS_ATTR}:0", damage)
+    study._storage.set_trial_system_attr(trial._trial_id, CHUNKS_ATTR, 1)
+    study.tell(trial, 1.0)
+    with pytest.raises(DamagedShipment, match="trial 0: its shipped files are damaged"):
+        unpack(study.trials[0], tmp_path / "0")
+    assert list(tmp_path.iterdir()) == []
