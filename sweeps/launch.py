@@ -137,13 +137,13 @@ class Launched:
     """One agent job: its thread waits on the launcher's result."""
 
     number: int
-    thread: threading.Thread
+    thread: threading.Thread | None = None
     error: BaseException | None = None
     trials: int | None = None
 
     @property
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return self.thread is not None and self.thread.is_alive()
 
 
 @dataclass
@@ -220,10 +220,9 @@ class AgentSweep:
         self._join()
 
     def _launch(self) -> None:
-        number = len(self._agents)
-        agent = Launched(number, threading.Thread(target=lambda: None))
+        agent = Launched(number=len(self._agents))
         agent.thread = threading.Thread(
-            target=self._wait_for, args=(agent,), daemon=True, name=f"agent-{number}"
+            target=self._wait_for, args=(agent,), daemon=True, name=f"agent-{agent.number}"
         )
         self._agents.append(agent)
         agent.thread.start()
@@ -325,7 +324,8 @@ class AgentSweep:
         and find nothing to do."""
         end = time.monotonic() + self.settings.grace_period
         for agent in self._agents:
-            agent.thread.join(timeout=max(0.0, end - time.monotonic()))
+            if agent.thread is not None:
+                agent.thread.join(timeout=max(0.0, end - time.monotonic()))
             if agent.alive:
                 log.info("agent %d has not ended yet (still queued?); not waiting", agent.number)
 
