@@ -177,3 +177,59 @@ def test_damaged_shipped_files_are_refused_and_leave_nothing_behind(tmp_path, da
     with pytest.raises(DamagedShipment, match="trial 0: its shipped files are damaged"):
         unpack(study.trials[0], tmp_path / "0")
     assert list(tmp_path.iterdir()) == []
+
+
+class FakeLauncher:
+    """Runs each 'agent' in the launching thread: pops waiting trials and tells them, or
+    fails as a launcher that cannot start jobs does."""
+
+    def __init__(self, study: optuna.Study, fail: str | None = None) -> None:
+        self.study, self.fail, self.launched = study, fail, 0
+
+    def launch(self, job_overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.launched += 1
+        if self.fail:
+            raise RuntimeError(self.fail)
+        ran = 0
+        while (trial := pop_waiting(self.study)) is not None:
+            x = trial.suggest_float("x", -1, 1)
+            self.study.tell(trial, (x - 0.3) ** 2)
+            ran += 1
+        return [JobReturn(overrides=list(job_overrides[0]), status=JobStatus.COMPLETED,
+                          _return_value=ran)]  # fmt: skip
+
+
+def agent_sweep(study, launcher, tmp_path, n_trials=5, n_jobs=2):
+    from sweeps.launch import AgentSettings, AgentSweep
+    from sweeps.outputs import SweepOutputs
+
+    settings = AgentSettings(n_trials=n_trials, n_jobs=n_jobs, max_failures=None,
+                             max_retries=0, grace_period=5.0, deadline=None)  # fmt: skip
+    return AgentSweep(study=study, launcher=launcher, settings=settings,
+                      outputs=SweepOutputs(tmp_path, None), sweep_dir=tmp_path)  # fmt: skip
+
+
+def test_the_watcher_enqueues_the_remaining_trials_and_ends_when_they_are_done(tmp_path):
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.3})  # a warm start already waiting counts towards the total
+    agent_sweep(study, FakeLauncher(study), tmp_path).run()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    assert study.trials[0].params == {"x": 0.3}
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 5
+    again = FakeLauncher(study)
+    agent_sweep(study, again, tmp_path).run()  # a re-run of a finished study adds nothing
+    assert len(study.trials) == 5
+
+
+def test_agents_that_cannot_start_end_the_sweep_with_the_launchers_error(tmp_path):
+    from sweeps.launch import AgentsFailed
+
+    study = optuna.create_study()
+    launcher = FakeLauncher(study, fail="sbatch: command not found")
+    with pytest.raises(AgentsFailed, match="agents ended with trials still waiting; last: "
+                       "RuntimeError: sbatch: command not found"):  # fmt: skip
+        agent_sweep(study, launcher, tmp_path, n_jobs=1).run()
+    assert launcher.launched == 2  # n_jobs x (max_retries + 2), then it gives up
+    assert {t.state for t in study.trials} == {TrialState.WAITING}  # kept for a re-run
