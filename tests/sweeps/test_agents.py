@@ -5,8 +5,10 @@ one of which is killed mid-trial."""
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.launch import check_agent_storage, engine_of, untried
+from sweeps.policy import counted
 from sweeps.shipment import CHUNKS_ATTR, DamagedShipment, ship, unpack
 from sweeps.storage import open_storage, pop_waiting
 from tbptt.errors import ConfigError
@@ -233,3 +236,27 @@ def test_agents_that_cannot_start_end_the_sweep_with_the_launchers_error(tmp_pat
         agent_sweep(study, launcher, tmp_path, n_jobs=1).run()
     assert launcher.launched == 2  # n_jobs x (max_retries + 2), then it gives up
     assert {t.state for t in study.trials} == {TrialState.WAITING}  # kept for a re-run
+
+
+def test_an_interrupted_agent_sweep_resumes_without_repeating_a_trial(tmp_path):
+    args = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}",
+            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "x=interval(-1,1)",
+            "hydra.sweeper.n_trials=8", "sleep=1", "hydra/sweeper/pruner=none", *FAST_LIVENESS]  # fmt: skip
+    first = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        journal = tmp_path / "study.journal"
+        if journal.exists() and sum(t.state.is_finished() for t in trials_of(tmp_path)) >= 2:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+    assert "the agents finish the trials they run" in err
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = trials_of(tmp_path)
+    assert counted(trials) == 8 and all(t.state.is_finished() for t in trials)
+    dirs = [t.user_attrs["job_dir"] for t in trials if "job_dir" in t.user_attrs]
+    assert len(dirs) == len(set(dirs)) == len(trials)  # each trial ran once, none repeated
+    assert all((Path(d) / "result.json").exists() for d in dirs)
