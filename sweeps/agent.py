@@ -15,15 +15,18 @@ and enqueues a retry with the same parameters, which another agent pops.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
 
-from sweeps.policy import TrialMaker
+from sweeps.policy import PARENT, CountPolicy, TrialMaker
+from sweeps.shipment import shipped, unpack
 from sweeps.space import SearchSpace
 from sweeps.storage import beat
 from sweeps.worker import TrialJob, TrialOutcome, TrialRunner
@@ -31,6 +34,18 @@ from tbptt import contract
 
 log = logging.getLogger(__name__)
 STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
+
+
+def fetch_parent(study: optuna.Study, job: TrialJob, into: Path) -> Path:
+    """The job directory a continuation starts from, unpacked here from the parent's shipped
+    files (an agent reads the study, never the sweep directory of another host)."""
+    trial = study._storage.get_trial(job.trial_id)
+    parent = study.get_trials(deepcopy=False)[int(trial.user_attrs[PARENT])]
+    if not shipped(parent):  # run by a local worker pool: its directory is where it says
+        return Path(str(job.init_from))
+    job_dir = into / "parent"
+    unpack(parent, job_dir)
+    return job_dir
 
 
 class Heartbeat:
@@ -84,7 +99,7 @@ class Agent:
         maker = TrialMaker(study, self.space, self._compose, self._check, pop_only=True)
         ran = 0
         while not self._should_stop(study):
-            job = maker.make(lambda attrs: ([], {}))
+            job = maker.make(CountPolicy.job_spec)  # a search trial, or a transfer run
             if job is None:
                 break  # nothing waits: the sweep's trials are all taken
             if isinstance(job, TrialOutcome):
@@ -96,7 +111,11 @@ class Agent:
 
     def _run(self, study: optuna.Study, job: TrialJob) -> None:
         with Heartbeat(study._storage, job.trial_id, self.heartbeat_interval):
-            self.runner(job)
+            if job.init_from is None:
+                self.runner(job)
+                return
+            with tempfile.TemporaryDirectory(prefix="tbptt-parent-") as fetched:
+                self.runner(replace(job, init_from=str(fetch_parent(study, job, Path(fetched)))))
 
     def _should_stop(self, study: optuna.Study) -> bool:
         if self.deadline is not None and time.time() > self.deadline:

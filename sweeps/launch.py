@@ -22,6 +22,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.agent import STOP_ATTR
 from sweeps.outputs import SweepOutputs
-from sweeps.policy import JOB_ATTRS, counted, done
+from sweeps.policy import JOB_ATTRS, Transfer, counted, done
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
@@ -174,6 +175,8 @@ class AgentSweep:
     settings: AgentSettings
     outputs: SweepOutputs
     sweep_dir: Path
+    transfer: Transfer | None = None  # once the search has ended, its best trained on longer
+    compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
     failures: list[str] = field(default_factory=list)
     _agents: list[Launched] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
@@ -213,11 +216,19 @@ class AgentSweep:
             if self._too_many_failures():
                 self.stop()
             if not running and (not waiting or self._stopping()):
-                break
+                if self._stopping() or not self._enqueue_transfer():
+                    break
+                continue  # the transfer runs wait: agents are launched for them
             if waiting and not self._stopping():
                 self._replace_ended()
             time.sleep(0.5)
         self._join()
+
+    def _enqueue_transfer(self) -> bool:
+        """The transfer runs, once every search trial has ended (enqueued once per study)."""
+        if self.transfer is None or self.compose is None:
+            return False
+        return self.transfer.enqueue(self.study, self.compose)
 
     def _launch(self) -> None:
         agent = Launched(number=len(self._agents))
@@ -240,15 +251,18 @@ class AgentSweep:
                         str(err).strip().splitlines()[0] if str(err).strip() else "")  # fmt: skip
 
     def _replace_ended(self) -> None:
+        """Agents for the trials that wait; agents that failed to run count against a limit
+        (a launcher that cannot start jobs ends the sweep with its error)."""
         alive = sum(a.alive for a in self._agents)
+        failed = [a for a in self._agents if a.error is not None and not a.alive]
         limit = self.settings.n_jobs * (self.settings.max_retries + 2)
         for _ in range(self.settings.n_jobs - alive):
-            if len(self._agents) >= limit:
+            if len(failed) >= limit:
                 if alive == 0:
-                    last = self._agents[-1].error
+                    last = failed[-1].error
                     raise AgentsFailed(
-                        f"{len(self._agents)} agents ended with trials still waiting; last: "
-                        f"{type(last).__name__ if last else 'exited'}: {last}"
+                        f"{len(failed)} agents ended with trials still waiting; last: "
+                        f"{type(last).__name__}: {last}"
                     )
                 return
             log.info("an agent ended with trials still waiting: launching another")

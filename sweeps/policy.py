@@ -138,17 +138,19 @@ class CountPolicy:
             return None
         trials = self.maker.study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):  # retries come first
-            return self.maker.make(self._spec)
+            return self.maker.make(self.job_spec)
         if counted(trials) < self.n_trials and not self._grid_done(trials):
-            return self.maker.make(self._spec)
+            return self.maker.make(self.job_spec)
         if busy or self.transfer is None:
             return None  # the ranking is known once every search trial has ended
         if self.transfer.enqueue(self.maker.study, self.maker.compose):
-            return self.maker.make(self._spec)
+            return self.maker.make(self.job_spec)
         return None
 
     @staticmethod
-    def _spec(attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    def job_spec(attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        """A trial's extra overrides and job fields, from its user attrs: a transfer run
+        continues its parent, unpruned; a search trial has none."""
         if attrs.get(PHASE) != TRANSFER:
             return [], {}
         return list(attrs[EXTRA]), {"phase": TRANSFER, "prune": False,

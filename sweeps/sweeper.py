@@ -313,11 +313,6 @@ class OptunaSweeper(Sweeper):
                 f"hydra.sweeper.budget: a budgeted sweep runs on the local worker pool, not on "
                 f"agents of hydra.launcher ({name}); drop one of the two"
             )
-        if self.cfg.transfer.top_k:
-            raise ConfigError(
-                f"hydra.sweeper.transfer: the transfer check runs on the local worker pool, "
-                f"not on agents of hydra.launcher ({name}); drop one of the two"
-            )
         assert self.config is not None
         engine = engine_of(launcher)
         hosts = agent_hosts(engine, self.config.hydra.launcher)
@@ -373,7 +368,13 @@ class OptunaSweeper(Sweeper):
             grid=grid_space(space) if gridded else None,
         )
         return AgentSweep(
-            study=study, launcher=launcher, settings=limits, outputs=outputs, sweep_dir=sweep_dir
+            study=study,
+            launcher=launcher,
+            settings=limits,
+            outputs=outputs,
+            sweep_dir=sweep_dir,
+            transfer=self._transfer(),
+            compose=self.compose,
         )
 
     def _run(

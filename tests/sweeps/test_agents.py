@@ -260,3 +260,26 @@ def test_an_interrupted_agent_sweep_resumes_without_repeating_a_trial(tmp_path):
     dirs = [t.user_attrs["job_dir"] for t in trials if "job_dir" in t.user_attrs]
     assert len(dirs) == len(set(dirs)) == len(trials)  # each trial ran once, none repeated
     assert all((Path(d) / "result.json").exists() for d in dirs)
+
+
+def test_the_transfer_check_runs_on_agents_from_the_parents_shipped_checkpoints(tmp_path):
+    from tests.conftest import TINY
+
+    cmd = [sys.executable, "-m", "tbptt.train", "-m", *TINY, "hydra/sweeper=optuna",
+           "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3",
+           "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none", f"hydra.sweep.dir={tmp_path}",
+           "optim.lr=choice(1e-3,1e-2,3e-2)", "hydra.sweeper.transfer.top_k=2",
+           "hydra.sweeper.transfer.factor=3"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = trials_of(tmp_path)
+    longer = [t for t in trials if t.user_attrs.get("phase") == "transfer"]
+    assert len(trials) == 5 and len(longer) == 2
+    for trial in longer:
+        parent = trials[trial.user_attrs["parent"]]
+        assert trial.state == TrialState.COMPLETE and trial.params == parent.params
+        assert trial.user_attrs["tokens"] >= 3 * 1024  # continued to 3x the search budget
+        steps = pd.read_parquet(Path(trial.user_attrs["job_dir"]) / "steps.parquet")
+        assert steps["tokens"].min() < 1024 < steps["tokens"].max()  # the parent's history too
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and len(trials_of(tmp_path)) == 5  # nothing repeated
