@@ -34,6 +34,8 @@ from tbptt import contract
 
 log = logging.getLogger(__name__)
 STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
+HOME_FILE = ".agents/home"  # in the sweep directory: a token that agents which see it read
+SHIP_MODES = ("auto", "always")
 
 
 def fetch_parent(study: optuna.Study, job: TrialJob, into: Path) -> Path:
@@ -83,6 +85,10 @@ class Agent:
         sampler: the sweep's sampler; each agent reseeds its copy.
         heartbeat_interval: seconds between heartbeats of the running trial.
         deadline: ``time.time()`` after which no trial starts (``hydra.sweeper.timeout``).
+        home_token: what the sweep wrote in ``HOME_FILE``: an agent that reads it there sees
+            the sweep directory (a shared filesystem) and writes its jobs there directly.
+        ship: ``always`` ships every job through the storage; ``auto`` only where the sweep
+            directory is not seen (``hydra.sweeper.ship_results``).
     """
 
     runner: TrialRunner
@@ -90,8 +96,13 @@ class Agent:
     sampler: optuna.samplers.BaseSampler
     heartbeat_interval: float
     deadline: float | None = None
+    home_token: str = ""
+    ship: str = "auto"
 
     def __call__(self, cfg: DictConfig) -> int:
+        self.runner.ship = self.ship == "always" or not self._sees_home()
+        log.info("agent: jobs %s", "shipped through the storage" if self.runner.ship else
+                 f"written to {self.runner.home}")  # fmt: skip
         self.runner.setup()
         study = self.runner.load_study()
         study.sampler = self.sampler
@@ -116,6 +127,12 @@ class Agent:
                 return
             with tempfile.TemporaryDirectory(prefix="tbptt-parent-") as fetched:
                 self.runner(replace(job, init_from=str(fetch_parent(study, job, Path(fetched)))))
+
+    def _sees_home(self) -> bool:
+        try:
+            return (Path(str(self.runner.home)) / HOME_FILE).read_text() == self.home_token
+        except OSError:
+            return False
 
     def _should_stop(self, study: optuna.Study) -> bool:
         if self.deadline is not None and time.time() > self.deadline:

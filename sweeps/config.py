@@ -172,6 +172,10 @@ class SweeperConfig:
     heartbeat_interval: float = 5.0
     grace_period: float = 30.0  # a RUNNING trial without heartbeat for this long is stale
     storage_patience: float = 60.0  # seconds to wait out an unreachable storage server
+    # Agents (hydra/launcher=...): auto writes jobs straight into the sweep directory where an
+    # agent sees it (a shared filesystem), else ships them home through the storage; always
+    # ships every job (hosts that see another directory at the same path).
+    ship_results: str = "auto"
     params: dict[str, str] = field(default_factory=dict)
     # Parameter sets to try first (a known-good configuration, the defaults a plain run would
     # use), enqueued when the study is created; keys are params' keys, values their values.

@@ -4,9 +4,11 @@ outcome; the sweep process unpacks it into its own sweep directory, where ``anal
 the report read it as they read any local trial.
 
 The pack is a gzipped tar, base64 text, in chunks of ``CHUNK`` characters (one attr each:
-an RDB storage keeps attrs in TEXT columns). Unpacking is idempotent and atomic per job (a
-directory appears whole or not at all), so the sweep process can unpack every finished trial
-on each look, and a re-run unpacks what an interrupted one had not.
+an RDB storage keeps attrs in TEXT columns). Checkpoints travel too (a transfer run continues
+its parent's), so a shipped trial costs the storage about its job directory's size.
+Unpacking is idempotent and atomic per job (a directory appears whole or not at all), so the
+sweep process can unpack every finished trial on each look, and a re-run unpacks what an
+interrupted one had not.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from optuna.trial import FrozenTrial
 
 log = logging.getLogger(__name__)
 CHUNKS_ATTR = "sweeps:files"  # number of chunks; chunk i is CHUNKS_ATTR + f":{i}"
-CHUNK = 256 * 1024
+CHUNK = 60_000  # characters: under MySQL's 64 kB TEXT, where Optuna's RDB keeps attrs
 MAX_FILE_BYTES = 64 * 2**20  # a larger file (a huge checkpoint) stays on the agent's host
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.agent import Agent
+from sweeps.agent import HOME_FILE, SHIP_MODES, Agent
 from sweeps.config import answer_function
 from sweeps.gpus import check_gpu_slots, default_jobs, gpu_count, gpu_env
 from sweeps.launch import (
@@ -347,12 +348,18 @@ class OptunaSweeper(Sweeper):
         assert self.hydra_context is not None and self.config is not None
         timeout = settings.timeout
         deadline = None if timeout is None else time.time() + timeout - process_age()
+        token = secrets.token_hex(16)
+        home = sweep_dir / HOME_FILE
+        home.parent.mkdir(parents=True, exist_ok=True)
+        home.write_text(token)
         agent = Agent(
             runner=self._runner(sweep_dir.resolve(), home=True),
             space=space,
             sampler=study.sampler,
             heartbeat_interval=settings.heartbeat_interval,
             deadline=deadline,
+            home_token=token,
+            ship=str(self.cfg.ship_results),
         )
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=agent, config=self.config
@@ -640,6 +647,10 @@ def check_settings(cfg: DictConfig) -> None:
         f"({cfg.grace_period}): live trials would look abandoned",
     )
     check(bool(str(cfg.study_name).strip()), f"study_name must not be empty: {cfg.study_name!r}")
+    check(
+        cfg.ship_results in SHIP_MODES,
+        f"ship_results must be one of {', '.join(SHIP_MODES)}, got {cfg.ship_results!r}",
+    )
     check(
         cfg.direction in ("minimize", "maximize"),
         f"direction must be minimize or maximize, got {cfg.direction!r}",

@@ -174,9 +174,11 @@ class TrialRunner:
     study_ref: StudyRef
     threads: int
     trial_logs: bool = False  # hydra.sweeper.trial_logs: trials log to the console too
-    # An agent on any host (sweeps/agent.py): job directories in a local scratch directory,
-    # shipped home through the storage (sweeps/shipment.py) to this sweep directory.
+    # An agent (sweeps/agent.py): job directories under this (absolute) sweep directory, or,
+    # with ``ship``, in a local scratch directory, shipped home through the storage
+    # (sweeps/shipment.py): for agents whose host does not see the sweep directory.
     home: str | None = None
+    ship: bool = True
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
 
@@ -211,25 +213,28 @@ class TrialRunner:
                 return err
         if self.home is None:
             return self.run_trial(job)
+        if not self.ship:
+            return self.run_trial(job, Path(self.home))
         with tempfile.TemporaryDirectory(prefix="tbptt-agent-") as scratch:
             return self.run_trial(job, Path(scratch))
 
-    def run_trial(self, job: TrialJob, scratch: Path | None = None) -> TrialOutcome:
-        """Run the trial's job (in ``scratch``, then shipped home, when given), tell the study."""
+    def run_trial(self, job: TrialJob, root: Path | None = None) -> TrialOutcome:
+        """Run the trial's job (under ``root``, when given: the sweep directory, or a scratch
+        directory whose job is then shipped home), and tell the study."""
         study = self.load_study()
         started = time.perf_counter()
         self._set_threads(job.threads or self.threads)
         trial = optuna.Trial(study, job.trial_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = PruningReporter(trial, job)
-        ret, job_dir = self._run_job(job, reporter, scratch)
+        ret, job_dir = self._run_job(job, reporter, root)
         outcome = classify(job.number, ret, reporter, job_dir)
         if job.score and self._scorable(job, outcome):
             outcome = self._score(job, outcome, job_dir, trial)
         outcome = replace(outcome, seconds=time.perf_counter() - started)
         home = job_dir
-        if scratch is not None and self.home is not None:
-            home = Path(self.home) / job_dir.relative_to(scratch)
+        if root is not None and self.home is not None and self.ship:
+            home = Path(self.home) / job_dir.relative_to(root)
             ship(study._storage, job.trial_id, job_dir)
         tell(study, trial, outcome, job_dir, home)
         return replace(outcome, job_dir=str(home))
@@ -285,7 +290,7 @@ class TrialRunner:
         with open_dict(config):
             config.hydra.job.id = f"{config.hydra.job.name}_{job.number}"
             config.hydra.job.num = job.number
-            if scratch is not None:  # a calibration run, or an agent's trial (shipped home)
+            if scratch is not None:  # a calibration run, or an agent's trial
                 config.hydra.sweep.dir = str(scratch)
                 if job.number < 0:
                     config.hydra.sweep.subdir = "run"

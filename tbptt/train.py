@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 config.register()
 
 
+def flush_denormals() -> None:
+    """Treat subnormal floats as zero on the CPU. A recurrent net driven into saturation (a
+    high learning rate) fills its gates' gradients with subnormals, which x86 computes about
+    16x slower: a 400k-character run at lr 0.3 took 69 s instead of 4.3 s, with the same
+    losses to the printed digits. The setting is the CPU's (it changes nothing on CUDA)."""
+    torch.set_flush_denormal(True)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +99,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
     bptt, clip, tc = c["bptt"], c["clip"], c["trainer"]
     schedule = bptt.build(c["seed"])
     device = resolve_device(tc.device)
+    flush_denormals()
     # Training never sees the test split: it is held out for `python -m tbptt.evaluate`.
     corpus = c["data"].corpus(schedule.max_k2).without_test().to(device)
     if tc.threads is not None:

@@ -82,7 +82,7 @@ def test_a_trials_files_travel_home_through_the_storage(tmp_path):
     (job / ".hydra").mkdir(parents=True)
     (job / "result.json").write_text('{"tokens": 5}')
     (job / ".hydra" / "overrides.yaml").write_text("- x=1\n")
-    (job / "steps.parquet").write_bytes(random.Random(0).randbytes(400_000))  # 3 chunks
+    (job / "steps.parquet").write_bytes(random.Random(0).randbytes(100_000))  # 3 chunks
     ship(study._storage, trial._trial_id, job)
     study.tell(trial, 1.0)
     frozen = study.trials[0]
@@ -106,6 +106,7 @@ def test_a_sweep_on_submitit_local_agents_reaches_its_total_with_every_job_at_ho
         job = Path(t.user_attrs["job_dir"])
         assert job.parent == tmp_path.resolve() and (job / "result.json").exists()
         assert (job / ".hydra" / "overrides.yaml").exists()
+        assert CHUNKS_ATTR not in t.system_attrs  # the agents see the sweep dir: written there
     table = pd.read_parquet(tmp_path / "trials.parquet")
     assert sorted(table["number"]) == list(range(6))
     assert "best " in proc.stderr.strip().splitlines()[-1]
@@ -115,7 +116,8 @@ def test_a_killed_agent_has_its_trial_retried_and_nothing_is_counted_twice(tmp_p
     marker = tmp_path / "killed-once"
     proc = sweep(tmp_path / "s", GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
                  "hydra.sweeper.n_trials=4", f"kill_marker={marker}", "kill_xs=[-0.5]",
-                 "hydra.sweeper.enqueue=[{x: -0.5}]", *FAST_LIVENESS)  # fmt: skip
+                 "hydra.sweeper.enqueue=[{x: -0.5}]", "hydra.sweeper.ship_results=always",
+                 *FAST_LIVENESS)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     trials = trials_of(tmp_path / "s")
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -126,6 +128,7 @@ def test_a_killed_agent_has_its_trial_retried_and_nothing_is_counted_twice(tmp_p
     assert retried[0].params == failed[0].params
     counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict()
     assert counts == {"COMPLETE": 4, "FAIL": 1}  # the retry counts once; nothing RUNNING/WAITING
+    assert all(CHUNKS_ATTR in t.system_attrs for t in trials if t.state == TrialState.COMPLETE)
 
 
 def test_agents_refuse_a_budgeted_sweep_before_anything_is_submitted(tmp_path):
@@ -156,7 +159,7 @@ def test_a_training_sweep_on_agents_has_its_tables_and_report_at_home(tmp_path):
     cmd = [sys.executable, "-m", "tbptt.train", "-m", *TINY, "hydra/sweeper=optuna",
            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
            f"hydra.sweep.dir={tmp_path}", "trainer.max_tokens=2048", "clip=none,norm",
-           "hydra/sweeper/pruner=none"]  # fmt: skip
+           "hydra/sweeper/pruner=none", "hydra.sweeper.ship_results=always"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = load(tmp_path)
@@ -269,12 +272,13 @@ def test_the_transfer_check_runs_on_agents_from_the_parents_shipped_checkpoints(
            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3",
            "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none", f"hydra.sweep.dir={tmp_path}",
            "optim.lr=choice(1e-3,1e-2,3e-2)", "hydra.sweeper.transfer.top_k=2",
-           "hydra.sweeper.transfer.factor=3"]  # fmt: skip
+           "hydra.sweeper.transfer.factor=3", "hydra.sweeper.ship_results=always"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = trials_of(tmp_path)
     longer = [t for t in trials if t.user_attrs.get("phase") == "transfer"]
     assert len(trials) == 5 and len(longer) == 2
+    assert all(CHUNKS_ATTR in t.system_attrs for t in trials)  # every job came through storage
     for trial in longer:
         parent = trials[trial.user_attrs["parent"]]
         assert trial.state == TrialState.COMPLETE and trial.params == parent.params
