@@ -34,7 +34,8 @@ from tbptt import contract
 
 log = logging.getLogger(__name__)
 STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
-HOME_FILE = ".agents/home"  # in the sweep directory: a token that agents which see it read
+AGENTS_DIR = ".agents"  # in the sweep directory: the agents' own job directories, and
+HOME_FILE = f"{AGENTS_DIR}/home"  # a token that agents which see the directory read
 SHIP_MODES = ("auto", "always")
 
 

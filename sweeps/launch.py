@@ -32,7 +32,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.agent import STOP_ATTR
+from sweeps.agent import AGENTS_DIR, STOP_ATTR
 from sweeps.outputs import SweepOutputs
 from sweeps.policy import JOB_ATTRS, Transfer, counted, done
 from sweeps.progress import Progress
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 NETWORK_STORAGES = ("postgresql", "mysql", "redis")
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
-AGENTS_DIR = ".agents"  # job directories of the agents themselves, in the sweep directory
 
 
 def launcher_target(config: DictConfig) -> str | None:
@@ -81,15 +80,9 @@ def ray_hosts(launcher: DictConfig) -> set[str] | None:
     address = OmegaConf.select(launcher, "address", default=None) or os.environ.get("RAY_ADDRESS")
     if address is None:
         return {"localhost"}
-    import ray
+    from sweeps.ray_launcher import connect  # as the launcher itself connects
 
-    if not ray.is_initialized():  # connected as the launcher connects (sweeps/ray_launcher.py)
-        from sweeps.ray_launcher import ray_init_args
-
-        try:
-            ray.init(address=address, log_to_driver=False, **ray_init_args(launcher))
-        except ConnectionError as err:
-            raise ConfigError(f"hydra.launcher.address={address}: {first_line(err)}") from None
+    ray = connect(launcher)
     return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
 
 
@@ -140,7 +133,6 @@ class Launched:
     number: int
     thread: threading.Thread | None = None
     error: BaseException | None = None
-    trials: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -167,14 +159,13 @@ class AgentSweep:
         launcher: a Hydra launcher, set up with ``sweeps.agent.Agent`` as its task function.
         settings: counts, limits and liveness (see ``AgentSettings``).
         outputs: the sweep directory's tables.
-        sweep_dir: where shipped job directories are unpacked.
+        transfer, compose: the transfer check (its budget read from a job's config), if on.
     """
 
     study: optuna.Study
     launcher: Any
     settings: AgentSettings
     outputs: SweepOutputs
-    sweep_dir: Path
     transfer: Transfer | None = None  # once the search has ended, its best trained on longer
     compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
     failures: list[str] = field(default_factory=list)
@@ -186,7 +177,7 @@ class AgentSweep:
         self._enqueue()
         self._unpack_earlier()
         progress = Progress(self.settings.n_trials)
-        progress.start(self.study, self._done())
+        progress.start(self.study, done(self.study.get_trials(deepcopy=False)))
         try:
             self._watch(progress)
         finally:
@@ -210,16 +201,19 @@ class AgentSweep:
             self._launch()
         while True:
             self._recover()
-            waiting, running = self._pending()  # before collecting: what ends meanwhile waits
-            for outcome in self._collect():
-                progress.finished(self.study, outcome, self._done())
+            trials = self.study.get_trials(deepcopy=False)  # one look: every decision below
+            for outcome in self._collect(trials):
+                progress.finished(self.study, outcome, done(trials))
             if self._too_many_failures():
                 self.stop()
-            if not running and (not waiting or self._stopping()):
-                if self._stopping() or not self._enqueue_transfer():
+            stopping = self._stopping()
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            running = any(t.state == TrialState.RUNNING for t in trials)
+            if not running and (stopping or not waiting):
+                if stopping or not self._enqueue_transfer():
                     break
                 continue  # the transfer runs wait: agents are launched for them
-            if waiting and not self._stopping():
+            if waiting and not stopping:
                 self._replace_ended()
             time.sleep(0.5)
         self._join()
@@ -244,11 +238,10 @@ class AgentSweep:
             (ret,) = self.launcher.launch([overrides], initial_job_idx=agent.number)
             if ret.status == JobStatus.FAILED:
                 raise job_error(ret) or RuntimeError("the agent's job failed")
-            agent.trials = ret.return_value
         except BaseException as err:  # noqa: BLE001 - its trial is recovered by heartbeat
             agent.error = err
             log.warning("agent %d ended: %s: %s", agent.number, type(err).__name__,
-                        str(err).strip().splitlines()[0] if str(err).strip() else "")  # fmt: skip
+                        first_line(err))  # fmt: skip
 
     def _replace_ended(self) -> None:
         """Agents for the trials that wait; agents that failed to run count against a limit
@@ -285,10 +278,10 @@ class AgentSweep:
         self.outputs.load_finished(self.study)
         self.outputs.write(self.study)
 
-    def _collect(self) -> list[TrialOutcome]:
-        """Unpack, record and report trials that ended since the last look."""
+    def _collect(self, trials: list[FrozenTrial]) -> list[TrialOutcome]:
+        """Unpack, record and report the trials that ended since the last look."""
         outcomes = []
-        for trial in self.study.get_trials(deepcopy=False):
+        for trial in trials:
             if not trial.state.is_finished() or trial.number in self._seen:
                 continue
             self._seen.add(trial.number)
@@ -310,14 +303,6 @@ class AgentSweep:
                 unpack(trial, Path(job_dir))
         except DamagedShipment as err:
             log.warning("%s; its metric tables are left out", err)
-
-    def _pending(self) -> tuple[int, int]:
-        trials = self.study.get_trials(deepcopy=False)
-        waiting = sum(t.state == TrialState.WAITING for t in trials)
-        return waiting, sum(t.state == TrialState.RUNNING for t in trials)
-
-    def _done(self) -> int:
-        return done(self.study.get_trials(deepcopy=False))
 
     def _stopping(self) -> bool:
         deadline = self.settings.deadline

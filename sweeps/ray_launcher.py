@@ -54,6 +54,25 @@ def ray_init_args(conf: DictConfig) -> dict[str, Any]:
     return dict(OmegaConf.to_container(init, resolve=True)) if init else {}  # type: ignore[arg-type]
 
 
+def connect(conf: DictConfig) -> Any:
+    """Ray, connected as ``hydra.launcher`` says (once per process); bad settings are one-line
+    errors naming the key."""
+    import ray
+
+    with _INIT:  # the sweep launches agents from several threads
+        if not ray.is_initialized():
+            try:
+                ray.init(address=conf.get("address"), log_to_driver=False,
+                         **ray_init_args(conf))  # fmt: skip
+            except ConnectionError as err:
+                raise ConfigError(
+                    f"hydra.launcher.address={conf.get('address')}: {first_line(err)}"
+                ) from None
+            except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: a bad key
+                raise ConfigError(f"hydra.launcher.init: {first_line(err)}") from None
+    return ray
+
+
 def run_one(
     hydra_context: HydraContext,
     config: DictConfig,
@@ -106,20 +125,7 @@ class RayLauncher(Launcher):
             raise ConfigError(f"hydra.launcher (ray): {first_line(err)}") from None
 
     def _connect(self) -> Any:
-        import ray
-
-        with _INIT:  # the sweep launches agents from several threads
-            if not ray.is_initialized():
-                try:
-                    ray.init(address=self.conf.address, log_to_driver=False,
-                             **ray_init_args(self.conf))  # fmt: skip
-                except ConnectionError as err:
-                    raise ConfigError(
-                        f"hydra.launcher.address={self.conf.address}: {first_line(err)}"
-                    ) from None
-                except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: a bad key
-                    raise ConfigError(f"hydra.launcher.init: {first_line(err)}") from None
-        return ray
+        return connect(self.conf)
 
     def _gpus(self, ray: Any) -> float:
         if self.conf.num_gpus is not None:

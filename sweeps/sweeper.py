@@ -379,7 +379,6 @@ class OptunaSweeper(Sweeper):
             launcher=launcher,
             settings=limits,
             outputs=outputs,
-            sweep_dir=sweep_dir,
             transfer=self._transfer(),
             compose=self.compose,
         )

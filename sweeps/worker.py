@@ -228,7 +228,8 @@ class TrialRunner:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         reporter = PruningReporter(trial, job)
         ret, job_dir = self._run_job(job, reporter, root)
-        outcome = classify(job.number, ret, reporter, job_dir)
+        result = contract.read_result(job_dir)
+        outcome = classify(job.number, ret, reporter, job_dir, result)
         if job.score and self._scorable(job, outcome):
             outcome = self._score(job, outcome, job_dir, trial)
         outcome = replace(outcome, seconds=time.perf_counter() - started)
@@ -236,7 +237,7 @@ class TrialRunner:
         if root is not None and self.home is not None and self.ship:
             home = Path(self.home) / job_dir.relative_to(root)
             ship(study._storage, job.trial_id, job_dir)
-        tell(study, trial, outcome, job_dir, home)
+        tell(study, trial, outcome, result or TrialResult(), home)
         return replace(outcome, job_dir=str(home))
 
     @staticmethod
@@ -361,14 +362,17 @@ def job_error(ret: JobReturn) -> BaseException | None:
 
 
 def classify(
-    number: int, ret: JobReturn, reporter: PruningReporter, job_dir: Path
+    number: int,
+    ret: JobReturn,
+    reporter: PruningReporter,
+    job_dir: Path,
+    result: TrialResult | None,
 ) -> TrialOutcome:
-    """The job's outcome by the contract's rule; what it trained, from its result."""
-    error = job_error(ret) if ret.status == JobStatus.FAILED else None
+    """The job's outcome by the contract's rule; what it trained, from its ``result``."""
     if ret.status == JobStatus.FAILED:
+        error = job_error(ret)
         told = contract.failure(error) if error else contract.Outcome("FAIL", None, "job failed")
         return TrialOutcome(number, told.state, None, told.reason, str(job_dir))
-    result = contract.read_result(job_dir)
     told = contract.outcome(ret.return_value, result, reporter.stopped)
     return TrialOutcome(
         number, told.state, told.value, told.reason, str(job_dir),
@@ -392,13 +396,12 @@ def tell(
     study: optuna.Study,
     trial: optuna.Trial,
     outcome: TrialOutcome,
+    result: TrialResult,
     job_dir: Path,
-    home: Path | None = None,
 ) -> None:
-    """Record what the job in ``job_dir`` trained and tell its outcome; the trial's job
-    directory is ``home`` when its files were shipped there."""
-    result = contract.read_result(job_dir) or TrialResult()
-    trial.set_user_attr("job_dir", str(home or job_dir))
+    """Record what the job trained (its ``result``) and where it lies (``job_dir``: at home,
+    when it was shipped), and tell its outcome."""
+    trial.set_user_attr("job_dir", str(job_dir))
     for key in RECORDED:
         value = getattr(result, key)
         if isinstance(value, int | float) and math.isfinite(value):

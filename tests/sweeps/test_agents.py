@@ -214,7 +214,7 @@ def agent_sweep(study, launcher, tmp_path, n_trials=5, n_jobs=2):
     settings = AgentSettings(n_trials=n_trials, n_jobs=n_jobs, max_failures=None,
                              max_retries=0, grace_period=5.0, deadline=None)  # fmt: skip
     return AgentSweep(study=study, launcher=launcher, settings=settings,
-                      outputs=SweepOutputs(tmp_path, None), sweep_dir=tmp_path)  # fmt: skip
+                      outputs=SweepOutputs(tmp_path, None))  # fmt: skip
 
 
 def test_the_watcher_enqueues_the_remaining_trials_and_ends_when_they_are_done(tmp_path):
