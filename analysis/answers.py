@@ -108,7 +108,7 @@ def failed(frame: pd.DataFrame, chance_loss: float) -> pd.Series:
 # -- comparisons over seeds ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Difference:
     """``b - a`` in nats/char over ``n`` seeds: its mean and bootstrap 95% interval."""
 
@@ -128,11 +128,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> 
     diffs = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     diffs = diffs[np.isfinite(diffs)]
     if len(diffs) == 0:
-        return Difference(math.nan, math.nan, math.nan, 0)
+        return Difference(mean=math.nan, low=math.nan, high=math.nan, n=0)
     rng = np.random.default_rng(seed)
     means = rng.choice(diffs, size=(BOOTSTRAP_SAMPLES, len(diffs))).mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return Difference(float(diffs.mean()), float(low), float(high), len(diffs))
+    return Difference(mean=float(diffs.mean()), low=float(low), high=float(high), n=len(diffs))
 
 
 def compare(frame: pd.DataFrame, arm: pd.Series, a: str, b: str, pair_on: str = "seed") -> str:
@@ -496,12 +496,13 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -
     ``n`` is the smaller arm's size."""
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(xa) == 0 or len(xb) == 0:
-        return Difference(math.nan, math.nan, math.nan, 0)
+        return Difference(mean=math.nan, low=math.nan, high=math.nan, n=0)
     rng = np.random.default_rng(seed)
     means_a = rng.choice(xa, size=(BOOTSTRAP_SAMPLES, len(xa))).mean(axis=1)
     means_b = rng.choice(xb, size=(BOOTSTRAP_SAMPLES, len(xb))).mean(axis=1)
     low, high = np.percentile(means_b - means_a, [2.5, 97.5])
-    return Difference(float(xb.mean() - xa.mean()), float(low), float(high), min(len(xa), len(xb)))
+    mean, n = float(xb.mean() - xa.mean()), min(len(xa), len(xb))
+    return Difference(mean=mean, low=float(low), high=float(high), n=n)
 
 
 def random_bptt(results: SweepResults) -> Answer:

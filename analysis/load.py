@@ -6,8 +6,12 @@ directory (numbered job directories, each with ``.hydra/overrides.yaml``). A swe
 still running, or was interrupted, loads as it stands: run directories replace their Parquet
 files atomically, so every table read is whole.
 
-    >>> results = load("multirun/lr")
+    >>> results = load(sweep_dir)  # e.g. "multirun/lr"
     >>> results.trials.groupby("param.clip", observed=True)["value"].min()
+    param.clip
+    none     NaN
+    norm    1.25
+    Name: value, dtype: float64
 
 Tables (column order and dtypes are part of the API):
 
@@ -83,57 +87,30 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.outputs import METRIC_TABLES, command_line, trial_row
+from sweeps import outputs
+from sweeps.outputs import METRIC_TABLES, STATES, command_line, read_part, trial_row
 from sweeps.storage import open_storage
 from tbptt import contract
 from tbptt.errors import ConfigError
+from tbptt.metrics import COLUMNS
 
-STATES = ["complete", "pruned", "fail", "running", "waiting"]
 RUNNING_WINDOW_S = 600.0  # a multirun job without result.json that wrote this recently runs
+# The trials table: trials.parquet's columns, and where a pruned trial stopped (derived here).
+def _with_stopped_at(columns: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, dtype in columns.items():
+        out[name] = dtype
+        if name == "stop_reason":
+            out["stopped_at"] = "Int64"
+    return out
 
-TRIAL_COLUMNS: dict[str, Any] = {
-    "number": "int64",
-    "state": pd.CategoricalDtype(STATES),
-    "value": "float64",
-    "phase": "string",
-    "parent": "Int64",
-    # param.<key> columns go here
-    "tokens": "Int64",
-    "flops": "Int64",
-    "wall_seconds": "float64",
-    "full_val_loss": "float64",
-    "test_loss": "float64",
-    "stop_reason": "string",
-    "stopped_at": "Int64",
-    "retry_of": "Int64",
-    "worker": "string",
-    "datetime_start": "datetime64[ns]",
-    "datetime_complete": "datetime64[ns]",
-    "job_dir": "string",
-    "overrides": "string",
-}
-METRIC_COLUMNS: dict[str, dict[str, str]] = {
-    "steps": {
-        "trial": "int64", "tokens": "int64", "flops": "int64", "update": "int64",
-        "loss": "float64",
-        "grad_norm": "float64", "grad_norm_clipped": "float64", "clipped": "bool",
-        "lr": "float64", "k1": "int64", "k2": "int64", "hidden_norm": "float64",
-        "elapsed_s": "float64",
-    },
-    "evals": {
-        "trial": "int64", "tokens": "int64", "flops": "int64", "val_loss": "float64",
-        "val_bpc": "float64",
-        "decay_factor": "float64", "elapsed_s": "float64",
-    },
-    "grad_flow": {
-        "trial": "int64", "tokens": "int64", "lag": "int64", "grad_norm": "float64",
-        "decay_factor": "float64",
-    },
-}  # fmt: skip
+
+TRIAL_COLUMNS = _with_stopped_at(outputs.TRIAL_COLUMNS)
+METRIC_COLUMNS = {table: {"trial": "int64", **columns} for table, columns in COLUMNS.items()}
 _AT_TOKEN = r"at token (\d+)"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepResults:
     """What a sweep produced: its trials and their metric tables (see the module docstring).
 
@@ -145,8 +122,8 @@ class SweepResults:
             read from ``trials.parquet`` because its study lives in a remote storage.
 
     Example:
-        >>> r = load("multirun/lr"); r.params()
-        ['optim.lr', 'clip', 'clip.max_norm']
+        >>> r = load(sweep_dir); r.params()
+        ['optim.lr', 'clip', 'clip.max_norm', 'bptt.length']
     """
 
     path: Path
@@ -352,7 +329,13 @@ def _assemble(
     raw["job_dir"] = found_text.where(found_text.notna(), raw["job_dir"])
     trials = _trials_table(raw, params, tables["steps"], tables["evals"])
     return SweepResults(
-        root, kind, trials, tables["steps"], tables["evals"], tables["grad_flow"], study
+        path=root,
+        kind=kind,
+        trials=trials,
+        steps=tables["steps"],
+        evals=tables["evals"],
+        grad_flow=tables["grad_flow"],
+        study=study,
     )
 
 
@@ -372,37 +355,30 @@ def _job_dirs(root: Path, raw: pd.DataFrame) -> dict[int, Path]:
 def _metric_table(
     table: str, job_dirs: dict[int, Path], root: Path, missing: Iterable[int]
 ) -> pd.DataFrame:
-    """Every trial's ``table``, read from its job directory, concatenated once."""
-    parts = [_read_part(d / f"{table}.parquet", n) for n, d in job_dirs.items()]
-    parts = [p for p in parts if p is not None]
+    """Every trial's ``table``, read from its job directory, concatenated once; the sweep's
+    own dataset serves trials whose job directories are on another machine."""
+    found = {n: _read_part(d / f"{table}.parquet") for n, d in job_dirs.items()}
+    found |= {n: read_part(root, table, n) for n in missing}
+    parts = [_numbered(part, n) for n, part in sorted(found.items()) if part is not None]
     frame = (
         pa.concat_tables(parts, promote_options="permissive").to_pandas()
         if parts
         else pd.DataFrame()
     )
-    # The sweeper's own copy serves trials whose job directories are on another machine.
-    fallback = _sweep_level_rows(root / f"{table}.parquet", set(missing))
-    if fallback is not None:
-        frame = pd.concat([frame, fallback], ignore_index=True) if len(frame) else fallback
-        frame = frame.sort_values("trial", kind="stable", ignore_index=True)
     return _conform_metrics(frame, METRIC_COLUMNS[table])
 
 
-def _read_part(path: Path, number: int) -> pa.Table | None:
+def _read_part(path: Path) -> pa.Table | None:
     try:
         with pq.ParquetFile(path) as file:  # 3x faster than read_table() on small files
-            part = file.read(use_threads=False).replace_schema_metadata(None)
+            return file.read(use_threads=False)
     except FileNotFoundError:
         return None
+
+
+def _numbered(part: pa.Table, number: int) -> pa.Table:
+    part = part.replace_schema_metadata(None)
     return part.add_column(0, "trial", pa.array(np.full(part.num_rows, number, np.int64)))
-
-
-def _sweep_level_rows(path: Path, numbers: set[int]) -> pd.DataFrame | None:
-    if not numbers or not path.exists():
-        return None
-    frame = pd.read_parquet(path)
-    frame = frame[frame["trial"].isin(numbers)]
-    return frame if len(frame) else None
 
 
 def _conform_metrics(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

@@ -24,10 +24,10 @@ from analysis.load import SweepResults
 from analysis.plots import ranked
 from sweeps.outputs import read_best
 from tbptt import checkpoint
+from tbptt.checkpoint import BEST_CHECKPOINT
 from tbptt.config import data_from_meta
 from tbptt.errors import ConfigError, first_line
 from tbptt.sample import NamesProbe, SampleConfig, names_probe, sample, speakers
-from tbptt.trainer import BEST_CHECKPOINT
 
 if TYPE_CHECKING:  # analysis.report imports this module
     from analysis.report import Document

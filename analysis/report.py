@@ -253,8 +253,14 @@ class Document:
         base: the directory ``report.md`` is written to.
 
     Example:
-        >>> doc = Document(out); doc.heading("Best"); doc.code("python -m tbptt.train ...")
-        >>> doc.markdown()
+        >>> doc = Document(tmp_path); doc.heading("Best"); doc.code("python -m tbptt.train")
+        >>> print(doc.markdown())
+        ## Best
+        <BLANKLINE>
+        ```bash
+        python -m tbptt.train
+        ```
+        <BLANKLINE>
     """
 
     def __init__(self, base: Path) -> None:

@@ -8,8 +8,10 @@ as it stood at its r-th evaluation: each trial that reached it counts, with its 
 loss there as its value. ``effects_view`` picks the deepest rung that ``MIN_TRIALS``
 trials reached, or the complete trials themselves when there are that many.
 
-    >>> view = effects_view(load("multirun/default").search_only())
-    >>> view.note, knob_effects(view.results)
+    >>> from analysis.load import load
+    >>> view = effects_view(load(sweep_dir).search_only())  # 1 of 6 trials completed
+    >>> view.note
+    'evaluation 1 of each trial (64 characters, ...), the deepest that 4 of 6 trials reached ...'
 """
 
 from __future__ import annotations

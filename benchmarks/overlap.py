@@ -16,7 +16,6 @@ characters (k1 x batch per update): the rate at which the stream moves.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -73,7 +72,7 @@ def _steps(
     ours_optimizer = torch.optim.Adam(ours_model.parameters(), lr=LR)
     per_step = PerStepTBPTT(new_model(spec)[0], k1, k2)
     return {
-        "ours": partial(trainer.update, time.perf_counter()),
+        "ours": trainer.update,
         "recompute": partial(next, recompute_updates(model, optimizer, stream, k1, k2)),
         "our_model": partial(next, recompute_updates(ours_model, ours_optimizer, stream, k1, k2)),
         "per_step": partial(next, per_step.updates(stream)),

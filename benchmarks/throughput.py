@@ -19,7 +19,6 @@ final evaluation and a Parquet flush per run (tens of ms, once per run).
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -74,7 +73,7 @@ def _steps(spec: ModelSpec, k: int, updates: int, workdir: Path) -> dict[str, Ca
     ours_model = our_trainer(corpus, spec, k, k, updates, workdir).model
     ours_optimizer = torch.optim.Adam(ours_model.parameters(), lr=LR)
     return {
-        "ours": partial(trainer.update, time.perf_counter()),
+        "ours": trainer.update,
         "baseline": partial(next, fused_updates(model, optimizer, corpus.train, k)),
         "our_model": partial(next, fused_updates(ours_model, ours_optimizer, corpus.train, k)),
         **{f"gemm_{b}": GemmPass(gemm_shapes(spec, BATCH, k), b) for b in GEMM_BACKENDS},

@@ -25,12 +25,12 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from sweeps.internals import storage_of
 from sweeps.policy import PARENT, CountPolicy, TrialMaker
 from sweeps.shipment import shipped, unpack
 from sweeps.space import SearchSpace
 from sweeps.storage import beat
-from sweeps.worker import TrialJob, TrialOutcome, TrialRunner
-from tbptt import contract
+from sweeps.worker import TrialJob, TrialRunner
 
 log = logging.getLogger(__name__)
 STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
@@ -42,7 +42,7 @@ SHIP_MODES = ("auto", "always")
 def fetch_parent(study: optuna.Study, job: TrialJob, into: Path) -> Path:
     """The job directory a continuation starts from, unpacked here from the parent's shipped
     files (an agent reads the study, never the sweep directory of another host)."""
-    trial = study._storage.get_trial(job.trial_id)
+    trial = storage_of(study).get_trial(job.trial_id)
     parent = study.get_trials(deepcopy=False)[int(trial.user_attrs[PARENT])]
     if not shipped(parent):  # run by a local worker pool: its directory is where it says
         return Path(str(job.init_from))
@@ -108,21 +108,19 @@ class Agent:
         study = self.runner.load_study()
         study.sampler = self.sampler
         study.sampler.reseed_rng()  # agents sharing a seed would sample the same points
-        maker = TrialMaker(study, self.space, self._compose, self._check, pop_only=True)
+        maker = TrialMaker(study, self.space, self._compose, pop_only=True)
         ran = 0
         while not self._should_stop(study):
             job = maker.make(CountPolicy.job_spec)  # a search trial, or a transfer run
             if job is None:
                 break  # nothing waits: the sweep's trials are all taken
-            if isinstance(job, TrialOutcome):
-                continue  # its sampled config failed its check; it is recorded as FAIL
             self._run(study, job)
             ran += 1
         log.info("agent done: %d trials", ran)
         return ran
 
     def _run(self, study: optuna.Study, job: TrialJob) -> None:
-        with Heartbeat(study._storage, job.trial_id, self.heartbeat_interval):
+        with Heartbeat(storage_of(study), job.trial_id, self.heartbeat_interval):
             if job.init_from is None:
                 self.runner(job)
                 return
@@ -141,8 +139,5 @@ class Agent:
         return bool(study.user_attrs.get(STOP_ATTR))
 
     def _compose(self, overrides: list[str]) -> DictConfig:
-        loader = self.runner.hydra_context.config_loader
-        return loader.load_sweep_config(self.runner.config, list(overrides))
+        return self.runner.composer(overrides)
 
-    def _check(self, cfg: DictConfig) -> None:
-        contract.check_config(self.runner.task_function, cfg)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from tbptt.errors import ConfigError
 
 
@@ -51,6 +53,4 @@ def gpu_count() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
-    import torch  # imported here: the sweep process needs torch only to count GPUs
-
     return torch.cuda.device_count()

@@ -33,12 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.agent import AGENTS_DIR, STOP_ATTR
+from sweeps.internals import job_error
 from sweeps.outputs import SweepOutputs
 from sweeps.policy import JOB_ATTRS, Transfer, counted, done
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
-from sweeps.worker import TrialOutcome, job_error
+from sweeps.worker import TrialOutcome
+from tbptt.contract import End
 from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ class Launched:
         return self.thread is not None and self.thread.is_alive()
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     n_trials: int
     n_jobs: int
@@ -150,7 +152,7 @@ class AgentSettings:
     grid: dict[str, list[Any]] | None = None  # the grid sampler's points, by key
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AgentSweep:
     """Run the study's remaining trials on agents launched through ``launcher``.
 
@@ -288,7 +290,7 @@ class AgentSweep:
             self._unpack(trial)
             self.outputs.record(self.study, trial.number)
             outcome = outcome_of(trial)
-            if outcome.state == "FAIL" and not trial.user_attrs.get(INTERRUPTED):
+            if outcome.state == End.FAIL and not trial.user_attrs.get(INTERRUPTED):
                 self.failures.append(f"trial {trial.number}: {outcome.reason}")
             outcomes.append(outcome)
         return outcomes
@@ -345,7 +347,7 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome:
     start, end = trial.datetime_start, trial.datetime_complete
     return TrialOutcome(
         number=trial.number,
-        state=trial.state.name,
+        state=End(trial.state.name),
         value=trial.value if trial.state == TrialState.COMPLETE else None,
         reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
         job_dir=str(attrs.get("job_dir") or ""),

@@ -1,31 +1,75 @@
-"""Sweep outputs, kept consistent while the sweep runs: a crash leaves readable tables.
+"""Sweep outputs, kept consistent while the sweep runs: a crash leaves readable tables, and
+recording a trial costs the same in a sweep of 10 trials as in one of 10,000.
 
-``trials.parquet`` (one row per trial), ``steps.parquet`` / ``evals.parquet`` /
-``grad_flow.parquet`` (every finished trial's metric tables, with a ``trial`` column) and
-``best.yaml`` (the best value, its parameters and a command that reproduces it as a single run)
-are rewritten atomically each time a trial finishes.
+- ``steps.parquet/``, ``evals.parquet/``, ``grad_flow.parquet/``: Parquet datasets, one part
+  per finished trial (``trial=42/part-0.parquet``, a hard link to the job's own file, so
+  recording it copies nothing), which pandas and pyarrow read as one table with a ``trial``
+  column (``pd.read_parquet("SWEEP_DIR/steps.parquet")``; pandas gives ``trial`` as a
+  category). A zero-row ``schema.parquet``, which sorts first, holds every column any trial
+  has (a 2-layer model has more gradient norms than a 1-layer one): readers take a dataset's
+  columns from its first file.
+- ``trials.parquet``: one row per trial. Rows of finished trials are built once (a finished
+  trial never changes); the file is rewritten when a trial finishes, but no more often than
+  keeps its cost under ``REWRITE_SHARE`` of the sweep's time (it lags a few seconds behind a
+  sweep of thousands of trials), and always at the end.
+- ``best.yaml``: the best value, its parameters and a command that reproduces it as a single
+  run; rewritten when it changes.
+
+Every file is replaced atomically; the study (its storage) is what they are derived from, so a
+sweep that is re-run rewrites whatever a crash left behind.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.storage import mask_url
 from tbptt.errors import ConfigError
-from tbptt.metrics import atomic_write_bytes, write_parquet
+from tbptt.metrics import TABLES, atomic_path, atomic_write_bytes, write_parquet
 
-METRIC_TABLES = ("steps", "evals", "grad_flow")
+METRIC_TABLES = TABLES  # each finished trial's tables, collected into the sweep directory
+SCHEMA_FILE = "schema.parquet"  # in a table's dataset directory: every column, zero rows
+REWRITE_SHARE = 0.02  # trials.parquet: its rewrites take at most this share of the time
+STATES = ["complete", "pruned", "fail", "running", "waiting"]  # a trial's state, lower case
+# trials.parquet's columns, in order, with the dtypes analysis.load gives them; the swept keys'
+# param.<key> columns come after them.
+TRIAL_COLUMNS: dict[str, Any] = {
+    "number": "int64",
+    "state": pd.CategoricalDtype(STATES),
+    "value": "float64",
+    "phase": "string",
+    "parent": "Int64",
+    "tokens": "Int64",
+    "flops": "Int64",
+    "wall_seconds": "float64",
+    "full_val_loss": "float64",
+    "test_loss": "float64",
+    "stop_reason": "string",
+    "retry_of": "Int64",
+    "worker": "string",
+    "datetime_start": "datetime64[ns]",
+    "datetime_complete": "datetime64[ns]",
+    "job_dir": "string",
+    "overrides": "string",
+}
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's row of trials.parquet (``TRIAL_COLUMNS``, then its parameters)."""
     attrs = trial.user_attrs
     start, end = trial.datetime_start, trial.datetime_complete
     row: dict[str, Any] = {
@@ -156,54 +200,143 @@ def _storage_id(storage: str | None) -> str:
 
 
 class SweepOutputs:
-    """Writes the sweep directory's tables; ``record`` is called as each trial finishes.
+    """Writes the sweep directory's tables (see the module docstring); ``record`` is called as
+    each trial finishes, ``write`` when the sweep ends or stops.
 
     Args:
         sweep_dir: the sweep directory.
         storage: the storage URL shown in ``best.yaml`` (passwords masked).
 
     Example:
-        >>> outputs = SweepOutputs(sweep_dir, None); outputs.record(study, trial_number)
+        >>> study = optuna.create_study()
+        >>> study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+        >>> outputs = SweepOutputs(tmp_path, None)
+        >>> outputs.record(study, 0); outputs.record(study, 1)
+        >>> sorted(p.name for p in tmp_path.iterdir())
+        ['best.yaml', 'trials.parquet']
     """
 
     def __init__(self, sweep_dir: Path, storage: str | None) -> None:
         self._dir = sweep_dir
         self._storage = mask_url(storage) if storage else str(sweep_dir / "study.journal")
-        self._frames: dict[str, dict[int, pd.DataFrame]] = {t: {} for t in METRIC_TABLES}
+        self._rows: dict[int, dict[str, Any]] = {}  # finished trials' rows of trials.parquet
+        self._schemas: dict[str, pa.Schema] = {}  # each metric dataset's columns so far
+        self._next_rewrite = 0.0  # time.monotonic() before which trials.parquet is not due
+        self._best: dict[str, Any] | None = None
 
     def load_finished(self, study: optuna.Study) -> None:
-        """On resume: pick up the metric tables of trials finished by earlier runs."""
+        """On resume: the parts of trials that finished before (a crash may have left some
+        unrecorded), and datasets of an older layout (one file per table) converted."""
+        for table in METRIC_TABLES:
+            self._convert_single_file(table, study)
+        recorded = {t: self._parts(t) for t in METRIC_TABLES}
         for trial in study.get_trials(deepcopy=False):
             if trial.state.is_finished():
-                self._read_job(trial)
-
-    def _read_job(self, trial: FrozenTrial) -> None:
-        job_dir = trial.user_attrs.get("job_dir")
-        for table in METRIC_TABLES:
-            path = Path(job_dir) / f"{table}.parquet" if job_dir else None
-            if path is not None and path.exists():
-                frame = pd.read_parquet(path)
-                frame.insert(0, "trial", trial.number)
-                self._frames[table][trial.number] = frame
+                self._record_parts(trial, recorded)
 
     def record(self, study: optuna.Study, number: int) -> None:
-        self._read_job(study.get_trials(deepcopy=False)[number])
-        self.write(study)
-
-    def write(self, study: optuna.Study) -> None:
-        write_parquet(trials_frame(study), self._dir / "trials.parquet")
-        for table, frames in self._frames.items():
-            if frames:
-                combined = pd.concat([frames[n] for n in sorted(frames)], ignore_index=True)
-                write_parquet(combined, self._dir / f"{table}.parquet")
+        """Trial ``number`` has finished: its parts, and the tables when due."""
+        self._record_parts(study.get_trials(deepcopy=False)[number])
+        self._write_trials(study, force=False)
         self._write_best(study)
 
-    def _write_best(self, study: optuna.Study) -> None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        final = final_trial(study)
-        if not complete and final is None:
+    def write(self, study: optuna.Study) -> None:
+        """Every table as the study stands now (the sweep ends, or stops)."""
+        self._write_trials(study, force=True)
+        self._write_best(study)
+
+    # -- the metric datasets ------------------------------------------------------------------
+
+    def _dataset(self, table: str) -> Path:
+        return self._dir / f"{table}.parquet"
+
+    def _parts(self, table: str) -> set[int]:
+        """Trials with a part in ``table``'s dataset."""
+        names = os.listdir(self._dataset(table)) if self._dataset(table).is_dir() else []
+        return {int(n.removeprefix("trial=")) for n in names if n.startswith("trial=")}
+
+    def _record_parts(self, trial: FrozenTrial, skip: dict[str, set[int]] | None = None) -> None:
+        job_dir = trial.user_attrs.get("job_dir")
+        if not job_dir:
             return
-        best = final or study.best_trial
+        for table in METRIC_TABLES:
+            source = Path(job_dir) / f"{table}.parquet"
+            if (skip and trial.number in skip[table]) or not source.is_file():
+                continue
+            self._extend_schema(table, pq.read_schema(source))
+            part = self._dataset(table) / f"trial={trial.number}" / "part-0.parquet"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(source, part)
+
+    def _extend_schema(self, table: str, schema: pa.Schema) -> None:
+        """Add the columns of ``schema`` that the dataset's schema file lacks, before a part
+        that has them: a reader never meets a part with columns its dataset does not list."""
+        known = self._schemas.get(table)
+        if known is None:
+            path = self._dataset(table) / SCHEMA_FILE
+            known = pq.read_schema(path) if path.is_file() else pa.schema([])
+        schema = schema.remove_metadata()
+        if set(schema.names) <= set(known.names):
+            self._schemas[table] = known
+            return
+        merged = pa.unify_schemas([known, schema], promote_options="permissive")
+        self._dataset(table).mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._dataset(table) / SCHEMA_FILE) as tmp:
+            pq.write_table(merged.empty_table(), tmp)
+        self._schemas[table] = merged
+
+    def _convert_single_file(self, table: str, study: optuna.Study) -> None:
+        """An older sweep wrote each table as one file with a ``trial`` column: its rows of
+        trials whose job directory is gone become parts (the others are linked anew)."""
+        path = self._dataset(table)
+        if not path.is_file():
+            return
+        frame = pd.read_parquet(path)
+        path.unlink()
+        trials = study.get_trials(deepcopy=False)
+        job_dirs = {t.number: t.user_attrs.get("job_dir") for t in trials}
+        for number, rows in frame.groupby("trial", sort=True):
+            job_dir = job_dirs.get(int(number))
+            if job_dir and (Path(job_dir) / f"{table}.parquet").is_file():
+                continue
+            part = rows.drop(columns="trial").reset_index(drop=True)
+            self._extend_schema(table, pa.Schema.from_pandas(part, preserve_index=False))
+            target = path / f"trial={int(number)}" / "part-0.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet(part, target)
+
+    # -- trials.parquet and best.yaml ---------------------------------------------------------
+
+    def _write_trials(self, study: optuna.Study, force: bool) -> None:
+        if not force and time.monotonic() < self._next_rewrite:
+            return
+        started = time.monotonic()
+        write_parquet(pd.DataFrame(self._trial_rows(study)), self._dir / "trials.parquet")
+        took = time.monotonic() - started
+        self._next_rewrite = started + took / REWRITE_SHARE
+
+    def _trial_rows(self, study: optuna.Study) -> list[dict[str, Any]]:
+        rows = []
+        for trial in study.get_trials(deepcopy=False):
+            row = self._rows.get(trial.number) or trial_row(trial)
+            if trial.state.is_finished():  # a finished trial never changes: build it once
+                self._rows[trial.number] = row
+            rows.append(row)
+        return rows
+
+    def _write_best(self, study: optuna.Study) -> None:
+        doc = self._best_doc(study)
+        if doc is not None and doc != self._best:
+            text = yaml.safe_dump(doc, sort_keys=False).encode()
+            atomic_write_bytes(self._dir / "best.yaml", text)
+            self._best = doc
+
+    def _best_doc(self, study: optuna.Study) -> dict[str, Any] | None:
+        final = final_trial(study)
+        try:
+            best = final or study.best_trial
+        except ValueError:  # no trial completed yet
+            return None
         overrides = replay(best)
         doc: dict[str, Any] = {
             "value": best.value,
@@ -216,7 +349,33 @@ class SweepOutputs:
         if final is not None:
             doc.update(final_model(final))
         doc.update(study_name=study.study_name, storage=self._storage)
-        atomic_write_bytes(self._dir / "best.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
+        return doc
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s file, atomically: a hard link (the job's file never
+    changes once its trial has finished: tables are replaced, not rewritten in place), or a
+    copy where the two lie on different filesystems."""
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(source, tmp)
+
+
+def read_part(sweep_dir: Path, table: str, number: int) -> pa.Table | None:
+    """Trial ``number``'s rows of the sweep's ``table``, without a ``trial`` column (None:
+    none recorded): from its part, or, in an older sweep, the single file's rows."""
+    path = sweep_dir / f"{table}.parquet"
+    if path.is_dir():
+        part = path / f"trial={number}" / "part-0.parquet"
+        return pq.read_table(part) if part.is_file() else None
+    if not path.is_file():
+        return None
+    rows = pq.read_table(path, filters=[("trial", "=", number)])
+    return rows.drop_columns(["trial"]) if rows.num_rows else None
 
 
 def final_model(final: FrozenTrial) -> dict[str, Any]:

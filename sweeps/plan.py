@@ -55,7 +55,7 @@ def parse_duration(value: Any, key: str = "hydra.sweeper.budget") -> float:
     return seconds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """The phases of a budgeted sweep (seconds on the budget clock) and the search rung.
 
@@ -70,6 +70,7 @@ class Plan:
         anneal: share of the final continuation over which its lr decays to 0.
 
     Example:
+        >>> from sweeps.config import PlanConfig
         >>> plan = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8)
         >>> plan.trial_flops  # 8e10 FLOP/s x (135 - 8) s / 5 full trials
         2032000000000
@@ -180,6 +181,8 @@ class Timeline:
         clock: the budget clock.
 
     Example:
+        >>> from sweeps.config import PlanConfig
+        >>> plan = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8)
         >>> timeline = Timeline(plan, Clock())
         >>> timeline.search_open()  # a full search trial still fits before S
         True

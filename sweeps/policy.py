@@ -2,9 +2,10 @@
 wall-clock budget spent in phases, see ``sweeps/plan.py``).
 
 The scheduler asks its policy for a job whenever a worker is free and ends when no job runs and
-the policy has none to give. A policy answers with a ``TrialJob``, ``None`` (nothing to start
-now), or a ``TrialOutcome`` for a trial that failed before it started (a sampled config that
-does not validate).
+the policy has none to give. A policy answers with a ``TrialJob``, or ``None`` (nothing to start
+now). A sampled config that does not validate fails in its worker, before the job runs
+(``sweeps/worker.py``): checking it here would compose every trial's config twice, and the
+sweep process is the one process every trial waits for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.internals import storage_of, trial_id
 from sweeps.plan import CANDIDATE, FINAL, SEARCH, TRANSFER, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
 from sweeps.storage import INTERRUPTED, beat, pop_waiting
@@ -30,7 +32,7 @@ USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re
 NOT_REPLAYED = ("trainer.resume=", "trainer.max_seconds=")
 PHASE, PARENT, EXTRA = "phase", "parent", "extra"  # user attrs of enqueued continuations
 JOB_ATTRS = (PHASE, PARENT, EXTRA, "init_from", "threads", "score", "score_file", "target_flops")
-Next = TrialJob | TrialOutcome | None
+Next = TrialJob | None
 Spec = Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]  # attrs -> overrides, job
 
 
@@ -79,40 +81,39 @@ def last_per_key(overrides: list[str]) -> list[str]:
 
 class TrialMaker:
     """Asks the study for a trial (a new one, or an enqueued retry or continuation), samples
-    its parameters and turns it into a job; a config that does not validate fails at once."""
+    its parameters and turns it into a job.
+
+    ``compose`` composes a config from overrides; sampling composes only the group options
+    (``sweeps.space.sample``), so a memoized ``compose`` composes each combination once."""
 
     def __init__(
         self,
         study: optuna.Study,
         space: SearchSpace,
         compose: Callable[[list[str]], Any],
-        check: Callable[[Any], None] = lambda cfg: None,
         pop_only: bool = False,
     ) -> None:
-        self.study, self.space, self.compose, self.check = study, space, compose, check
+        self.study, self.space, self.compose = study, space, compose
         self.pop_only = pop_only  # an agent's: it runs enqueued trials only (sweeps/agent.py)
 
-    def make(self, spec: Spec) -> TrialJob | TrialOutcome | None:
+    def make(self, spec: Spec) -> TrialJob | None:
         """The next trial's job; None when ``pop_only`` and no trial waits."""
         trial = pop_waiting(self.study) if self.pop_only else self.study.ask()
         if trial is None:
             return None
-        beat(self.study._storage, trial._trial_id)
+        beat(storage_of(self.study), trial_id(trial))
         values = sample(trial, self.space, self.compose)
         extra, job = spec(trial.user_attrs)
         overrides = last_per_key([*self.space.fixed, *to_overrides(values), *extra])
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("replay", [o for o in overrides if not o.startswith(NOT_REPLAYED)])
-        try:
-            self.check(self.compose(overrides))
-        except ConfigError as err:
-            return self.fail(trial, str(err))
-        return TrialJob(trial.number, trial._trial_id, tuple(overrides), **job)
+        return TrialJob(number=trial.number, trial_id=trial_id(trial), overrides=tuple(overrides),
+                        **job)  # fmt: skip
 
-    def fail(self, trial: optuna.Trial, reason: str) -> TrialOutcome:
+    def fail(self, trial: optuna.Trial, reason: str) -> None:
+        """End a trial that will not run (a waiting one the plan no longer wants)."""
         trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=TrialState.FAIL)
-        return TrialOutcome(trial.number, "FAIL", None, reason, "")
 
 
 class CountPolicy:
@@ -187,7 +188,14 @@ class Transfer:
         factor: the longer budget over the search trials' own (> 1).
 
     Example:
-        >>> CountPolicy(maker, 11, None, clock, transfer=Transfer(top_k=4, factor=5))
+        >>> from omegaconf import OmegaConf
+        >>> study = optuna.create_study()
+        >>> study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+        >>> job = {"trainer": {"max_tokens": 1000}}  # what each trial's overrides compose to
+        >>> Transfer(top_k=2, factor=5).enqueue(study, lambda overrides: OmegaConf.create(job))
+        True
+        >>> [t.user_attrs["extra"] for t in study.get_trials(states=(TrialState.WAITING,))]
+        [['trainer.max_tokens=5000'], ['trainer.max_tokens=5000']]
     """
 
     def __init__(self, top_k: int, factor: float) -> None:
@@ -320,7 +328,7 @@ class BudgetPolicy:
         if threads <= self._shared_threads:
             return
         for trial in self._trials(SEARCH, (TrialState.RUNNING,)):
-            self.study._storage.set_trial_system_attr(trial._trial_id, THREADS_ATTR, threads)
+            storage_of(self.study).set_trial_system_attr(trial_id(trial), THREADS_ATTR, threads)
         self._shared_threads = threads
 
     def _waiting(self, phase: str) -> bool:

@@ -100,8 +100,10 @@ class WorkerPool:
             copies when a killed sweep leaves its own behind.
 
     Example:
-        >>> with WorkerPool(run_trial, size=2) as pool:
-        ...     pool.submit(job); events = pool.wait(timeout=1.0)
+        >>> with WorkerPool(str.upper, size=1) as pool:
+        ...     slot = pool.submit("job")
+        ...     [event.result for event in pool.wait(timeout=60)]
+        ['JOB']
     """
 
     def __init__(
@@ -130,7 +132,6 @@ class WorkerPool:
         self._procs: list[Any] = [None] * size
         self._conns: list[Connection | None] = [None] * size
         self._jobs: list[Any] = [None] * size
-        self.started = [0.0] * size
         for slot in range(size):
             self._start(slot)
 
@@ -164,9 +165,6 @@ class WorkerPool:
     def busy(self) -> int:
         return self.size - len(self.free_slots())
 
-    def pid(self, slot: int) -> int:
-        return int(self._procs[slot].pid)
-
     def submit(self, job: Any, slot: int | None = None) -> int:
         slot = self.free_slots()[0] if slot is None else slot
         conn = self._conns[slot]
@@ -180,7 +178,6 @@ class WorkerPool:
             assert conn is not None
             conn.send(job)
         self._jobs[slot] = job
-        self.started[slot] = time.time()
         return slot
 
     def wait(self, timeout: float) -> list[Finished | Died]:

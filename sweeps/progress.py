@@ -58,7 +58,13 @@ class Progress:
         stream: where to write (stderr by default); a bar only when it is a terminal.
 
     Example:
-        >>> progress = Progress(total=40); progress.finished(study, outcome); progress.close()
+        >>> from tbptt.contract import End
+        >>> study = optuna.create_study()
+        >>> study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2 + 1, n_trials=1)
+        >>> progress = Progress(total=40, stream=sys.stdout)  # not a terminal: lines, no bar
+        >>> outcome = TrialOutcome(number=0, state=End.COMPLETE, value=study.best_value)
+        >>> progress.finished(study, outcome, done=1); progress.close()
+        trial 0 complete: value 1... | 1/40 | 1 complete, 0 pruned, 0 failed, 0 running | ...
     """
 
     def __init__(self, total: int | None, stream: TextIO | None = None) -> None:

@@ -20,11 +20,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sweeps.internals import failed_job
 from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -157,5 +158,4 @@ class RayLauncher(Launcher):
         try:
             return ray.get(ref)  # type: ignore[no-any-return]
         except (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError) as err:
-            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
-                             _return_value=err)  # fmt: skip
+            return failed_job(err, overrides)

@@ -24,6 +24,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.internals import pop_waiting_id, storage_of, trial_id
 from sweeps.journal import check_journal
 from tbptt.errors import ConfigError, first_line
 
@@ -126,7 +127,10 @@ class RetryingStorage:
         patience: seconds to keep retrying one call before raising ``StorageUnavailable``.
 
     Example:
+        >>> url = f"sqlite:///{tmp_path}/study.db"
         >>> storage = RetryingStorage(RDBStorage(url), mask_url(url), patience=60)
+        >>> optuna.create_study(study_name="lr", storage=storage).study_name
+        'lr'
     """
 
     def __init__(self, storage: BaseStorage, name: str, patience: float = 60.0) -> None:
@@ -167,12 +171,11 @@ def beat(storage: BaseStorage, trial_id: int) -> None:
 def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     """A WAITING trial of ``study``, now RUNNING and this process's; None when none waits.
 
-    ``Study.ask`` does the same claim (atomic in every storage) but creates a trial when none
-    waits; a sweep agent must not: the sweep process decides how many trials the study holds.
-    Optuna has no public call for the claim alone, hence the private one, in this one place.
+    The sweep process decides how many trials the study holds, so an agent only ever claims
+    one (see ``sweeps.internals.pop_waiting_id``).
     """
-    trial_id = study._pop_waiting_trial_id()
-    return None if trial_id is None else optuna.Trial(study, trial_id)
+    claimed = pop_waiting_id(study)
+    return None if claimed is None else optuna.Trial(study, claimed)
 
 
 def last_beat(trial: FrozenTrial) -> float:
@@ -195,12 +198,12 @@ def fail_trial(
     """Mark a RUNNING trial FAIL with ``reason``; False if another process finished it first.
     ``its_fault=False``: the sweep stopped under it (killed, Ctrl-C), so it is re-run without
     using up ``max_retries`` and never counts towards ``n_trials``."""
-    storage = study._storage
+    storage, number = storage_of(study), trial_id(trial)
     try:
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(number, "fail_reason", reason)
         if not its_fault:
-            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            storage.set_trial_user_attr(number, INTERRUPTED, True)
+        return storage.set_trial_state_values(number, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
         return False
 
@@ -228,8 +231,10 @@ class SweepLock:
         sweep_dir: the directory to lock (``.sweep.lock`` inside it).
 
     Example:
-        >>> with SweepLock(Path("multirun/lr")):
-        ...     run_the_sweep()
+        >>> with SweepLock(tmp_path):
+        ...     SweepLock(tmp_path).__enter__()  # a second sweep in the same directory
+        Traceback (most recent call last):
+        tbptt.errors.ConfigError: hydra.sweep.dir: ... is in use by a running sweep (pid ...); ...
     """
 
     def __init__(self, sweep_dir: Path) -> None:

@@ -35,8 +35,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.agent import HOME_FILE, SHIP_MODES, Agent
+from sweeps.compose import Composer, is_group
 from sweeps.config import answer_function
 from sweeps.gpus import check_gpu_slots, default_jobs, gpu_count, gpu_env
+from sweeps.internals import storage_of
 from sweeps.launch import (
     AgentSettings,
     AgentsFailed,
@@ -93,6 +95,7 @@ from sweeps.worker import (
     TrialRunner,
 )
 from tbptt import contract
+from tbptt.contract import End
 from tbptt.errors import ConfigError
 from tbptt.keys import differences, flatten
 
@@ -107,7 +110,7 @@ class SweepError(RuntimeError):
     """The sweep stopped (too many failures); recorded results are kept."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     n_trials: int
     n_jobs: int
@@ -138,8 +141,9 @@ class OptunaSweeper(Sweeper):
         heartbeat_interval, grace_period: liveness of running trials in shared storage.
         params: the search space, ``key: override-grammar string``.
 
-    Example:
-        >>> python -m tbptt.train -m hydra/sweeper=optuna sweep=default hydra.sweeper.n_trials=40
+    Example (a shell command; ``tests/sweeps`` runs such sweeps)::
+
+        python -m tbptt.train -m hydra/sweeper=optuna sweep=default hydra.sweeper.n_trials=40
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -148,7 +152,7 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.config: DictConfig | None = None
-        self._composed: dict[tuple[str, ...], DictConfig] = {}
+        self._composer: Composer | None = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -181,12 +185,10 @@ class OptunaSweeper(Sweeper):
     def compose(self, overrides: list[str]) -> DictConfig:
         """The config of a job with ``overrides``; memoized (read-only): the space checks and
         every trial's sampling compose the same group options again and again."""
-        key = tuple(overrides)
-        if key not in self._composed:
+        if self._composer is None:
             assert self.hydra_context is not None and self.config is not None
-            loader = self.hydra_context.config_loader
-            self._composed[key] = loader.load_sweep_config(self.config, list(overrides))
-        return self._composed[key]
+            self._composer = Composer.of(self.hydra_context.config_loader, self.config)
+        return self._composer(overrides)
 
     def check(self, cfg: DictConfig) -> None:
         """The app's own config check (tbptt/contract.py ``checked_by``), if it has one."""
@@ -195,7 +197,7 @@ class OptunaSweeper(Sweeper):
 
     def is_group(self, key: str) -> bool:
         assert self.hydra_context is not None
-        return bool(self.hydra_context.config_loader.get_group_options(key.replace(".", "/")))
+        return is_group(self.hydra_context.config_loader, key)
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         assert self.config is not None
@@ -205,6 +207,7 @@ class OptunaSweeper(Sweeper):
         params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
         space = parse_space(params, arguments, self.is_group)
         self.check(self.compose(list(space.fixed)))  # bad values fail here, before any worker
+        self._say_threads(self.compose(list(space.fixed)))
         check_keys(space, self.compose)
         check_values(space, self.compose, self.check)
         if self.cfg.budget is not None:
@@ -259,6 +262,16 @@ class OptunaSweeper(Sweeper):
     def _recover(self, study: optuna.Study, all_running: bool) -> None:
         grace = -1.0 if all_running else float(self.cfg.grace_period)
         recover(study, grace, int(self.cfg.max_retries), alone=all_running)
+
+    def _say_threads(self, cfg: DictConfig) -> None:
+        """A sweep sets its trials' torch threads (its workers share the cores; a budget plan
+        gives its last runs more): an app's own thread setting does not apply in it."""
+        threads = OmegaConf.select(cfg, "trainer.threads", default=None)
+        if threads is not None and threads != self.cfg.threads_per_worker:
+            log.warning(
+                "trainer.threads=%s does not apply in a sweep: hydra.sweeper.threads_per_worker"
+                "=%s sets each trial's threads", threads, self.cfg.threads_per_worker,
+            )  # fmt: skip
 
     def _device(self) -> str:
         assert self.config is not None
@@ -411,7 +424,7 @@ class OptunaSweeper(Sweeper):
     def _policy(
         self, study: optuna.Study, space: SearchSpace, settings: Settings, pool: WorkerPool
     ) -> CountPolicy | BudgetPolicy:
-        maker = TrialMaker(study, space, self.compose, self.check)
+        maker = TrialMaker(study, space, self.compose)
         clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
         if settings.budget is None:
             grid = None
@@ -785,7 +798,7 @@ class Scheduler:
         now = time.monotonic()
         if now - self.last_beat >= self.settings.heartbeat_interval:
             for job in self.pool.jobs():
-                beat(self.study._storage, job.trial_id)
+                beat(storage_of(self.study), job.trial_id)
             self.policy.tick()
             self.last_beat = now
         if self.settings.shared and now - self.last_recovery >= self.settings.grace_period / 2:
@@ -811,9 +824,6 @@ class Scheduler:
             job = self.policy.next_job(self.pool.busy())
             if job is None:
                 return
-            if isinstance(job, TrialOutcome):  # failed before it started
-                self._record(job)
-                continue
             self.pool.submit(job)
 
     def _handle(self, event: Finished | Died) -> None:
@@ -822,7 +832,7 @@ class Scheduler:
         self._record(outcome)
 
     def _record(self, outcome: TrialOutcome) -> None:
-        if outcome.state == "FAIL":
+        if outcome.state == End.FAIL:
             self.failures.append(f"trial {outcome.number}: {outcome.reason}")
         if outcome.job_dir:
             self.outputs.record(self.study, outcome.number)
@@ -836,10 +846,10 @@ class Scheduler:
             if code is not None and code < 0
             else (f"worker exited with code {code}")
         ) + (f": {event.reason}" if event.reason else "")
-        trial = self.study._storage.get_trial(job.trial_id)
+        trial = storage_of(self.study).get_trial(job.trial_id)
         if fail_trial(self.study, trial, reason):
             retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
-        return TrialOutcome(job.number, "FAIL", None, reason, "")
+        return TrialOutcome(number=job.number, state=End.FAIL, reason=reason)
 
     def interrupted(self) -> None:
         """Ctrl-C: fail the running trials (a re-run retries them) and say how to resume."""

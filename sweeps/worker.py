@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
@@ -29,10 +30,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
+from sweeps.compose import Composer
+from sweeps.internals import failed_job, job_error, storage_of, trial_id
 from sweeps.shipment import ship
 from sweeps.storage import open_storage
 from tbptt import contract
-from tbptt.contract import Report, TrialResult
+from tbptt.contract import End, Report, TrialResult
 from tbptt.errors import ConfigError
 from tbptt.evaluate import evaluate_checkpoint
 from tbptt.metrics import atomic_path
@@ -44,7 +47,7 @@ PRUNER_ATTR = "sweeps:pruner"  # study attr: the pruner config a budget plan siz
 THREADS_ATTR = "sweeps:threads"  # trial system attr: more threads, now that cores are idle
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialJob:
     """One trial for a worker. Search trials only need the first three fields; a budgeted
     sweep's candidates and final run continue another trial's checkpoint and are scored."""
@@ -84,13 +87,13 @@ class CalibrationError(RuntimeError):
     """The calibration run failed: the sweep cannot plan its budget."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialOutcome:
     number: int
-    state: str  # COMPLETE | PRUNED | FAIL
-    value: float | None
-    reason: str | None  # why it stopped early or failed
-    job_dir: str
+    state: End
+    value: float | None = None
+    reason: str | None = None  # why it stopped early or failed
+    job_dir: str = ""  # empty: the trial never ran (a worker died, its config failed)
     flops: int = 0  # the run's training compute at its end (continued runs: in total)
     seconds: float = 0.0  # this job's wall time, start-up and scoring included
     train_seconds: float = 0.0  # the run's trainer wall time (continued runs: in total)
@@ -127,11 +130,9 @@ class PruningReporter:
         return self.stopped
 
     def _take_idle_cores(self) -> None:
-        attrs = self._trial.storage.get_trial_system_attrs(self._trial._trial_id)
+        attrs = self._trial.storage.get_trial_system_attrs(trial_id(self._trial))
         threads = attrs.get(THREADS_ATTR)
         if threads and threads != self._threads:
-            import torch
-
             torch.set_num_threads(int(threads))
             self._threads = int(threads)
 
@@ -154,8 +155,10 @@ class PruningReporter:
         )
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class StudyRef:
+    """Where a worker finds the study (the sweep process's own ``Study`` does not pickle)."""
+
     study_name: str
     storage: str | None
     sweep_dir: str
@@ -163,7 +166,7 @@ class StudyRef:
     pruner: dict[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrialRunner:
     """Runs trials inside a worker; created in the sweep process and pickled into each worker."""
 
@@ -180,6 +183,7 @@ class TrialRunner:
     home: str | None = None
     ship: bool = True
     _study: optuna.Study | None = field(default=None, init=False, repr=False)
+    _composer: Composer | None = field(default=None, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
 
     def setup(self) -> None:
@@ -188,6 +192,14 @@ class TrialRunner:
             Singleton.set_state(self.singleton_state)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             self._ready = True
+
+    @property
+    def composer(self) -> Composer:
+        """Composes this worker's jobs: in full for the first trial of each shape, from a
+        copy for the rest (sweeps/compose.py)."""
+        if self._composer is None:
+            self._composer = Composer.of(self.hydra_context.config_loader, self.config)
+        return self._composer
 
     def load_study(self) -> optuna.Study:
         if self._study is None:
@@ -236,21 +248,19 @@ class TrialRunner:
         home = job_dir
         if root is not None and self.home is not None and self.ship:
             home = Path(self.home) / job_dir.relative_to(root)
-            ship(study._storage, job.trial_id, job_dir)
+            ship(storage_of(study), job.trial_id, job_dir)
         tell(study, trial, outcome, result or TrialResult(), home)
         return replace(outcome, job_dir=str(home))
 
     @staticmethod
     def _set_threads(threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the app leaves them to the sweeper (contract.sweeping)
 
     def _calibrate(self, job: CalibrationJob) -> float:
         """Training FLOP/s of the sweep's own model on this worker (what a trial reaches)."""
         self._set_threads(job.threads)
         with tempfile.TemporaryDirectory(prefix="tbptt-calibrate-") as scratch:
-            run = TrialJob(-1, -1, tuple(job.run_overrides()))
+            run = TrialJob(number=-1, trial_id=-1, overrides=tuple(job.run_overrides()))
             ret, job_dir = self._run_job(run, None, Path(scratch))
             result = contract.read_result(job_dir) or TrialResult()
         flops, seconds = float(result.flops or 0), float(result.wall_seconds or 0)
@@ -263,8 +273,8 @@ class TrialRunner:
     @staticmethod
     def _scorable(job: TrialJob, outcome: TrialOutcome) -> bool:
         """Completed runs, and a final run stopped early (diverged): its best.pt stands."""
-        stopped = outcome.state == "PRUNED" and job.score_file == "best.pt"
-        return outcome.state == "COMPLETE" or stopped
+        stopped = outcome.state == End.PRUNED and job.score_file == "best.pt"
+        return outcome.state == End.COMPLETE or stopped
 
     def _score(
         self, job: TrialJob, outcome: TrialOutcome, job_dir: Path, trial: optuna.Trial
@@ -275,7 +285,7 @@ class TrialRunner:
         try:
             scores = evaluate_checkpoint(job_dir / job.score_file, job.score)
         except ConfigError as err:
-            return replace(outcome, state="FAIL", value=None, reason=f"scoring: {err}")
+            return replace(outcome, state=End.FAIL, value=None, reason=f"scoring: {err}")
         for split, loss in scores.items():
             trial.set_user_attr(SCORE_ATTRS[split], loss)
         seconds = time.perf_counter() - started
@@ -285,9 +295,7 @@ class TrialRunner:
     def _run_job(
         self, job: TrialJob, reporter: PruningReporter | None, scratch: Path | None = None
     ) -> tuple[JobReturn, Path]:
-        config = self.hydra_context.config_loader.load_sweep_config(
-            self.config, list(job.overrides)
-        )
+        config = self.composer.fresh(list(job.overrides))
         with open_dict(config):
             config.hydra.job.id = f"{config.hydra.job.name}_{job.number}"
             config.hydra.job.num = job.number
@@ -299,6 +307,10 @@ class TrialRunner:
                 drop_console_handlers(config.hydra.job_logging)
         HydraConfig.instance().set_config(config)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        try:  # the app's own check (contract.checked_by): a bad sampled config runs nothing
+            contract.check_config(self.task_function, config)
+        except ConfigError as err:
+            return failed_job(err, job.overrides), job_dir
         if job.init_from is not None and reporter is not None:
             start = copy_run(Path(job.init_from), job_dir)
             reporter.trial.set_user_attr("start_flops", int(start.flops or 0))
@@ -314,7 +326,7 @@ class TrialRunner:
                     job_subdir_key="hydra.sweep.subdir",
                 )
             except SystemExit as exit_:  # run_job catches Exception only; sys.exit() is not one
-                ret = JobReturn(status=JobStatus.FAILED, _return_value=exit_)
+                ret = failed_job(exit_, job.overrides)
         return ret, job_dir
 
 
@@ -355,12 +367,6 @@ def copy_run(source: Path, target: Path) -> TrialResult:
     return contract.read_result(source) or TrialResult()
 
 
-def job_error(ret: JobReturn) -> BaseException | None:
-    # JobReturn.return_value re-raises a failed job's exception; the field holds it as is.
-    value = ret._return_value
-    return value if isinstance(value, BaseException) else None
-
-
 def classify(
     number: int,
     ret: JobReturn,
@@ -369,16 +375,19 @@ def classify(
     result: TrialResult | None,
 ) -> TrialOutcome:
     """The job's outcome by the contract's rule; what it trained, from its ``result``."""
-    if ret.status == JobStatus.FAILED:
-        error = job_error(ret)
-        told = contract.failure(error) if error else contract.Outcome("FAIL", None, "job failed")
-        return TrialOutcome(number, told.state, None, told.reason, str(job_dir))
-    told = contract.outcome(ret.return_value, result, reporter.stopped)
+    failed = ret.status == JobStatus.FAILED
+    error = (job_error(ret) or RuntimeError("job failed")) if failed else None
+    told = contract.outcome(None if failed else ret.return_value, result, reporter.stopped, error)
+    trained = result if result is not None and not failed else TrialResult()
     return TrialOutcome(
-        number, told.state, told.value, told.reason, str(job_dir),
-        flops=int(result.flops or 0) if result else 0,
-        train_seconds=float(result.wall_seconds or 0.0) if result else 0.0,
-    )  # fmt: skip
+        number=number,
+        state=told.state,
+        value=told.value,
+        reason=told.reason,
+        job_dir=str(job_dir),
+        flops=int(trained.flops or 0),
+        train_seconds=float(trained.wall_seconds or 0.0),
+    )
 
 
 def planned_replay(replay: list[str], result: TrialResult) -> list[str]:
@@ -409,9 +418,9 @@ def tell(
     if result.planned_flops is not None:  # a time budget became FLOPs: replay those
         trial.set_user_attr("replay", planned_replay(trial.user_attrs.get("replay", []), result))
     if outcome.reason:
-        key = "fail_reason" if outcome.state == "FAIL" else "stop_reason"
+        key = "fail_reason" if outcome.state == End.FAIL else "stop_reason"
         trial.set_user_attr(key, outcome.reason)
-    if outcome.state == "COMPLETE":
+    if outcome.state == End.COMPLETE:
         study.tell(trial, outcome.value)
     else:
         study.tell(trial, state=TrialState[outcome.state])

@@ -1,16 +1,28 @@
-"""Checkpoints written atomically and loaded with ``weights_only=True`` (no arbitrary pickles)."""
+"""Checkpoints written atomically and loaded with ``weights_only=True`` (no arbitrary pickles).
+
+A run's directory holds ``checkpoint.pt`` (everything a resumed run needs: ``Trainer.state_dict``)
+and ``best.pt`` (the weights of the best validation loss, with where they were taken), both
+rewritten at every evaluation by the ``Checkpoints`` handler.
+"""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tbptt.errors import ConfigError, first_line
+from tbptt.keys import differences
 from tbptt.metrics import atomic_path
+
+if TYPE_CHECKING:
+    from tbptt.trainer import EvalPoint, Trainer
+
+BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best validation loss
+RESUME_KEYS = ("model", "optimizer", "schedule", "ahead", "state", "states", "rng")
 
 
 def save(payload: dict[str, Any], path: str | Path) -> None:
@@ -53,3 +65,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoints:
+    """Evaluation handler (``Trainer.on(Events.RECORDED, Checkpoints(path))``): the run's
+    state to ``path`` at every evaluation, and its weights to ``best.pt`` beside it whenever
+    the validation loss improved (small corpora overfit within minutes: keep the best weights,
+    not only the last).
+
+    Args:
+        path: the checkpoint file, ``checkpoint.pt`` in the run directory.
+
+    Example:
+        >>> trainer.on(Events.RECORDED, Checkpoints(tmp_path / "checkpoint.pt"))
+        >>> _ = trainer.fit(); sorted(p.name for p in tmp_path.glob("*.pt"))
+        ['best.pt', 'checkpoint.pt']
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, trainer: Trainer, point: EvalPoint) -> None:
+        save(trainer.state_dict(), self.path)
+        if point.improved:
+            at = {"tokens": point.tokens, "flops": point.flops, "val_loss": point.val_loss}
+            best = {"model": trainer.model.state_dict(), "meta": trainer.meta, "at": at}
+            save(best, self.path.with_name(BEST_CHECKPOINT))
+
+
+def resume(trainer: Trainer, path: Path) -> None:
+    """Continue ``trainer`` from the checkpoint at ``path``, written under its settings
+    (``trainer.meta["settings"]``); its tables are cut back to the checkpoint's rows. What
+    follows equals an uninterrupted run; anything else is a ConfigError naming the file."""
+    payload = load(path, key="trainer.resume")
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise ConfigError(
+            f"trainer.resume: {path} holds no {missing[0]} (weights only, as best.pt): "
+            "it cannot be resumed"
+        )
+    stored, mine = payload.get("meta", {}).get("settings"), trainer.meta.get("settings")
+    if stored is not None and mine is not None and stored != mine:
+        raise ConfigError(
+            f"trainer.resume: {path} was written with {differences(stored, mine)}: resume "
+            "with those settings, or train in a new run directory"
+        )
+    try:  # the weights first, on their own: another model shape is the likeliest mismatch
+        trainer.model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ConfigError(
+            f"trainer.resume: {path} was written for another model shape ({first})"
+        ) from None
+    try:
+        trainer.load_state_dict(payload)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # an older checkpoint
+        raise ConfigError(
+            f"trainer.resume: {path} was written with another optimizer or schedule ({err})"
+        ) from None
+    trainer.log.restore(up_to_tokens=trainer.state.tokens)

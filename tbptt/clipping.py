@@ -1,7 +1,9 @@
 """Gradient clippers: ``none``, ``norm`` and ``value``, one small strategy class each.
 
-Every clipper measures the total gradient norm *before* clipping (the number that tells whether
-gradients explode) and reports whether clipping acted, so sweeps can relate both to the loss.
+Every clipper reports the total gradient norm *before* clipping (the number that tells whether
+gradients explode) and whether clipping acted, so sweeps can relate both to the loss. The
+trainer passes in the L2 norm it has measured already (with the per-layer norms, in one
+transfer); called without it, a clipper measures it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch.nn.utils import clip_grad_norm_, clip_grad_value_, get_total_norm
+from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,18 @@ def _norm(params: list[torch.nn.Parameter], norm_type: float = 2.0) -> float:
 
 
 class NoClip:
-    """Leaves gradients alone; still measures their total L2 norm.
+    """Leaves gradients alone; still reports their total L2 norm.
 
     Example:
-        >>> NoClip()(model.parameters()).norm_before
+        >>> param = torch.nn.Parameter(torch.zeros(2)); param.grad = torch.tensor([3.0, 4.0])
+        >>> NoClip()([param])
+        ClipResult(norm_before=5.0, norm_after=5.0, clipped=False)
     """
 
-    def __call__(self, params: Iterable[torch.nn.Parameter]) -> ClipResult:
-        norm = _norm(_with_grads(params))
+    def __call__(
+        self, params: Iterable[torch.nn.Parameter], norm: float | None = None
+    ) -> ClipResult:
+        norm = _norm(_with_grads(params)) if norm is None else norm
         return ClipResult(norm, norm, False)
 
 
@@ -49,7 +55,9 @@ class NormClip:
         norm_type: the p of the p-norm (2.0 by default; ``inf`` for the max norm).
 
     Example:
-        >>> NormClip(max_norm=1.0)(model.parameters())  # ClipResult(norm_before=12.3, ...)
+        >>> param = torch.nn.Parameter(torch.zeros(2)); param.grad = torch.tensor([3.0, 4.0])
+        >>> NormClip(max_norm=1.0)([param]).clipped, param.grad
+        (True, tensor([0.6000, 0.8000]))
     """
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
@@ -60,13 +68,17 @@ class NormClip:
         self._max_norm = max_norm
         self._norm_type = norm_type
 
-    def __call__(self, params: Iterable[torch.nn.Parameter]) -> ClipResult:
+    def __call__(
+        self, params: Iterable[torch.nn.Parameter], norm: float | None = None
+    ) -> ClipResult:
         params = _with_grads(params)
-        # clip_grad_norm_ scales by max_norm / (norm + 1e-6) only when that factor is < 1.
-        norm = float(clip_grad_norm_(params, self._max_norm, self._norm_type))
+        if norm is None or self._norm_type != 2.0:  # the given norm is the L2 norm
+            norm = _norm(params, self._norm_type)
         if norm <= self._max_norm:
             return ClipResult(norm, norm, False)
-        return ClipResult(norm, _norm(params, self._norm_type), True)
+        # Scales every gradient by max_norm / (norm + 1e-6): the norm after follows from it.
+        clip_grads_with_norm_(params, self._max_norm, torch.tensor(norm))
+        return ClipResult(norm, norm * self._max_norm / (norm + 1e-6), True)
 
 
 class ValueClip:
@@ -76,7 +88,9 @@ class ValueClip:
         clip_value: the element-wise threshold, > 0.
 
     Example:
-        >>> ValueClip(clip_value=0.5)(model.parameters())
+        >>> param = torch.nn.Parameter(torch.zeros(2)); param.grad = torch.tensor([3.0, -0.2])
+        >>> ValueClip(clip_value=0.5)([param]).clipped, param.grad
+        (True, tensor([ 0.5000, -0.2000]))
     """
 
     def __init__(self, clip_value: float) -> None:
@@ -84,9 +98,11 @@ class ValueClip:
             raise ValueError(f"clip.clip_value must be > 0, got {clip_value}")
         self._clip_value = clip_value
 
-    def __call__(self, params: Iterable[torch.nn.Parameter]) -> ClipResult:
+    def __call__(
+        self, params: Iterable[torch.nn.Parameter], norm: float | None = None
+    ) -> ClipResult:
         params = _with_grads(params)
-        before = _norm(params)
+        before = _norm(params) if norm is None else norm
         biggest = _norm(params, math.inf)
         if biggest <= self._clip_value:
             return ClipResult(before, before, False)
@@ -95,6 +111,14 @@ class ValueClip:
 
 
 Clipper = NoClip | NormClip | ValueClip
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """What the ``clip`` group configures: a gradient clipper, and error clipping (or None)."""
+
+    grad: Clipper
+    error: ErrorClip | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +142,11 @@ class ErrorClip:
         threshold: the clamp, > 0.
 
     Example:
-        >>> clip = ErrorClip(1.0); model.output_hooks.append(clip.hook)
-        >>> loss.backward(); clip.stats().clipped
+        >>> clip = ErrorClip(1.0)
+        >>> x = torch.tensor([0.5, 3.0], requires_grad=True); y = x * 1.0
+        >>> _ = y.register_hook(clip.hook); (y * torch.tensor([-4.0, 0.5])).sum().backward()
+        >>> x.grad, clip.stats()
+        (tensor([-1.0000,  0.5000]), ErrorClipStats(clipped=1, max_abs=4.0, mean_abs=2.25))
     """
 
     def __init__(self, threshold: float) -> None:
@@ -129,20 +156,25 @@ class ErrorClip:
         self.reset()
 
     def reset(self) -> None:
-        self._clipped = 0
-        self._max = 0.0
-        self._sum = 0.0
+        # Tensors, summed on the device: read once per update by stats(), not per hook call.
+        self._sums: list[torch.Tensor] = []  # (clipped, max, sum) of each hooked signal
         self._count = 0
 
     def hook(self, grad: torch.Tensor | None) -> torch.Tensor | None:
         if grad is None:  # a state whose gradient is undefined (it reached no loss)
             return None
         magnitude = grad.detach().abs()
-        self._clipped += int((magnitude > self._threshold).sum())
-        self._max = max(self._max, float(magnitude.max()))
-        self._sum += float(magnitude.sum())
+        clipped = (magnitude > self._threshold).sum()
+        sums = [clipped.double(), magnitude.max().double(), magnitude.sum(dtype=torch.float64)]
+        self._sums.append(torch.stack(sums))
         self._count += magnitude.numel()
         return grad.clamp(-self._threshold, self._threshold)
 
     def stats(self) -> ErrorClipStats:
-        return ErrorClipStats(self._clipped, self._max, self._sum / max(self._count, 1))
+        if not self._sums:
+            return ErrorClipStats(0, 0.0, 0.0)
+        sums = torch.stack(self._sums)  # (hooked signals, 3)
+        clipped, biggest, total = torch.stack(
+            [sums[:, 0].sum(), sums[:, 1].max(), sums[:, 2].sum()]
+        ).tolist()
+        return ErrorClipStats(int(clipped), biggest, total / self._count)

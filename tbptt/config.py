@@ -1,26 +1,47 @@
 """Typed schemas of the Hydra config groups, registered in Hydra's ConfigStore.
 
 Every default lives here, once. The YAML files under ``conf/<group>/`` extend these schemas and
-set only what names the option (``conf/model/gru.yaml`` sets ``cell: gru``). Each schema checks
-its values in ``__post_init__``, which runs when the entry point converts the composed config
-with ``OmegaConf.to_object``: bad values fail before any compute, naming the key.
+set only what names the option (``conf/model/gru.yaml`` sets ``cell: gru``).
+
+One convention turns a group into its object: ``cfg.<group>.build(...)`` (a model, a corpus, an
+optimizer, a BPTT schedule, the clippers, the budget). Each value is checked once: by the
+library object it configures, whose constructor names the key (``bptt.k1 must be >= 1, got
+0``), or, for values no object takes whole (the data splits, the optimizer's arguments, the
+device), by the schema's ``__post_init__``, which runs when the entry point converts the
+composed config (``OmegaConf.to_object``). ``tbptt.train.check`` builds every cheap object of a
+config, so bad values fail before any data is read or compute spent.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
 
-from tbptt.clipping import Clipper, ErrorClip, NoClip, NormClip, ValueClip
-from tbptt.data import Corpus, build_corpus, count_text, delayed_recall_text, read_text
-from tbptt.errors import ConfigError
-from tbptt.model import CELLS
+from tbptt.clipping import Clipping, ErrorClip, NoClip, NormClip, ValueClip
+from tbptt.contract import check_objective
+from tbptt.data import (
+    Corpus,
+    LastSplit,
+    Split,
+    check_split,
+    count_text,
+    delayed_recall_text,
+    read_text,
+    split_text,
+)
+from tbptt.errors import ConfigError, first_line
+from tbptt.model import CharRNN, check_shape
 from tbptt.schedule import FixedSchedule, RandomSchedule, Schedule, UniformSchedule
-from tbptt.trainer import Budget
+from tbptt.trainer import LOSS_WINDOWS, Budget, Divergence
+
+LAST_SPLIT = LastSplit()  # a sweep worker's next trial of the same data reuses it
 
 
 def check(ok: bool, message: str) -> None:
@@ -42,10 +63,10 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        check(self.cell in CELLS, f"model.cell must be one of {sorted(CELLS)}, got {self.cell!r}")
-        for key in ("embed_size", "hidden_size", "layers"):
-            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
-        check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_shape(**asdict(self))  # the model is built after the data: check it first
+
+    def build(self, vocab_size: int) -> CharRNN:
+        return CharRNN(vocab_size, **asdict(self))
 
 
 @dataclass
@@ -73,22 +94,32 @@ class DataConfig:
             f"data.val_fraction={self.val_fraction} + data.test_fraction={self.test_fraction}",
         )
 
-    def corpus(self, window: int) -> Corpus:
-        """Read (or generate) the text and split and batch it; ``window``: the longest BPTT
-        span the trainer will ask for."""
+    def build(self, window: int) -> Corpus:
+        """Read (or generate) the text and split and batch it, or take the split this process
+        made last of the same data; ``window``: the longest BPTT span the trainer will ask
+        for."""
+        split = LAST_SPLIT.get(self.identity(), self._split)
+        check_split(split, window)
+        return split.corpus
+
+    def _split(self) -> Split:
         text, source = self.load_text()
-        return build_corpus(
+        return split_text(
             text,
             source=source,
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             batch_size=self.batch_size,
             eval_batch_size=self.eval_batch_size,
-            window=window,
         )
 
+    def identity(self) -> object:
+        """What the split is made from: these settings (a file's data also by its file)."""
+        return (type(self).__name__, tuple(asdict(self).items()))
+
     def load_text(self) -> tuple[str, str]:
-        raise NotImplementedError
+        """The text and the name error messages give it: each data option's own source."""
+        raise NotImplementedError  # the options below; the base schema names no source
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild this corpus's splits (see corpus_from_meta)."""
@@ -101,6 +132,15 @@ class FileDataConfig(DataConfig):
 
     def load_text(self) -> tuple[str, str]:
         return read_text(self.path, key="data.path"), f"data.path={self.path}"
+
+    def identity(self) -> object:
+        """... and the file as it is now (None: not readable; ``load_text`` says why)."""
+        try:
+            path = Path(self.path).expanduser().resolve()
+            stat = path.stat()
+        except OSError:
+            return None
+        return (super().identity(), str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "path": str(Path(self.path).expanduser().resolve())}
@@ -150,6 +190,18 @@ class OptimConfig:
             f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}",
         )
 
+    def build(
+        self, params: Iterable[Any], extra: Mapping[str, Any] | None = None
+    ) -> torch.optim.Optimizer:
+        """The optimizer (``_target_``) over ``params``; ``extra``: arguments the schema does
+        not list, added on the command line (``+optim.amsgrad=true``). Torch's complaint about
+        an argument becomes one line naming the group."""
+        node = {**asdict(self), **(extra or {})}
+        try:
+            return instantiate(node, _convert_="all")(params)  # type: ignore[no-any-return]
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"optim ({self._target_}): {first_line(err)}") from None
+
 
 @dataclass
 class AdamConfig(OptimConfig):
@@ -191,40 +243,43 @@ class RMSpropConfig(SGDConfig):
 
 @dataclass
 class BPTTConfig:
-    length: int = 64  # the nominal window: k1 = k2 = length unless set otherwise
     loss_window: str = "k1"  # k1: losses of the last k1 steps | last: the last step only
 
-    def __post_init__(self) -> None:
-        check(self.length >= 1, f"bptt.length must be >= 1, got {self.length}")
+    def __post_init__(self) -> None:  # the trainer takes it, but is built after the data
         check(
-            self.loss_window in ("k1", "last"),
+            self.loss_window in LOSS_WINDOWS,
             f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}",
         )
+
+    def build(self, seed: int) -> Schedule:
+        """The schedule; ``seed`` seeds a randomized one's own generator."""
+        raise NotImplementedError  # the options below; the base schema names no schedule
 
 
 @dataclass
 class FixedBPTTConfig(BPTTConfig):
+    length: int = 64  # the nominal window: k1 = k2 = length unless set otherwise
     k1: int | None = None  # steps between updates (default: length)
     k2: int | None = None  # steps backpropagated (default: k1 + overlap)
     overlap: int = 0  # k2 - k1 when k2 is not set: sweeps sample k1 and overlap, so k2 >= k1
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # how the keys make k1 and k2 (FixedSchedule checks those)
         super().__post_init__()
-        k1, k2 = self.windows()
-        check(k1 >= 1, f"bptt.k1 must be >= 1, got {k1}")
+        check(self.length >= 1, f"bptt.length must be >= 1, got {self.length}")
         check(self.overlap >= 0, f"bptt.overlap must be >= 0, got {self.overlap}")
-        check(k2 >= k1, f"bptt.k2 must be >= bptt.k1, got bptt.k2={k2} < bptt.k1={k1}")
 
     def windows(self) -> tuple[int, int]:
         k1 = self.length if self.k1 is None else self.k1
         return k1, k1 + self.overlap if self.k2 is None else self.k2
 
     def build(self, seed: int) -> Schedule:
-        return FixedSchedule(*self.windows())
+        k1, k2 = self.windows()
+        return FixedSchedule(k1, k2)  # a fixed schedule draws nothing: no seed
 
 
 @dataclass
 class RandomBPTTConfig(BPTTConfig):
+    length: int = 64  # the nominal window L
     p: float = 0.95  # probability of the full base length (else length / 2)
     sigma: float = 5.0
     min_len: int = 5
@@ -232,19 +287,10 @@ class RandomBPTTConfig(BPTTConfig):
     overlap: int = 0  # k2 = k1 + overlap
     scale_lr: bool = True  # multiply the update's lr by k1 / length
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(0 <= self.p <= 1, f"bptt.p must be in [0, 1], got {self.p}")
-        check(
-            math.isfinite(self.sigma) and self.sigma >= 0,
-            f"bptt.sigma must be a finite number >= 0, got {self.sigma}",
-        )
-        _check_lengths(self.min_len, self.max_len, self.overlap)
-
     def build(self, seed: int) -> Schedule:
         return RandomSchedule(
-            self.length, self.p, self.sigma, self.min_len, self.max_len, self.overlap,
-            self.scale_lr, seed,
+            length=self.length, p=self.p, sigma=self.sigma, min_len=self.min_len,
+            max_len=self.max_len, overlap=self.overlap, scale_lr=self.scale_lr, seed=seed,
         )  # fmt: skip
 
 
@@ -255,21 +301,11 @@ class UniformBPTTConfig(BPTTConfig):
     overlap: int = 0
     scale_lr: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_lengths(self.min_len, self.max_len, self.overlap)
-
     def build(self, seed: int) -> Schedule:
-        return UniformSchedule(self.min_len, self.max_len, self.overlap, self.scale_lr, seed)
-
-
-def _check_lengths(min_len: int, max_len: int | None, overlap: int) -> None:
-    check(min_len >= 1, f"bptt.min_len must be >= 1, got {min_len}")
-    check(
-        max_len is None or max_len >= min_len,
-        f"bptt.max_len must be >= bptt.min_len, got {max_len} < {min_len}",
-    )
-    check(overlap >= 0, f"bptt.overlap must be >= 0, got {overlap}")
+        return UniformSchedule(
+            min_len=self.min_len, max_len=self.max_len, overlap=self.overlap,
+            scale_lr=self.scale_lr, seed=seed,
+        )  # fmt: skip
 
 
 @dataclass
@@ -277,20 +313,20 @@ class ClipConfig:
     # Clamp the backward error signal; null or 0: off (0 because Hydra's choice() has no null).
     error_clip: float | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # what "off" is, here; ErrorClip checks the rest
         check(
             self.error_clip is None or self.error_clip >= 0,
             f"clip.error_clip must be >= 0 or null, got {self.error_clip}",
         )
 
-    def build_error_clip(self) -> ErrorClip | None:
-        return ErrorClip(self.error_clip) if self.error_clip else None
+    def build(self) -> Clipping:
+        error = ErrorClip(self.error_clip) if self.error_clip else None
+        return Clipping(grad=NoClip(), error=error)
 
 
 @dataclass
 class NoClipConfig(ClipConfig):
-    def build(self) -> Clipper:
-        return NoClip()
+    pass
 
 
 @dataclass
@@ -298,28 +334,16 @@ class NormClipConfig(ClipConfig):
     max_norm: float = 1.0
     norm_type: float = 2.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.max_norm > 0, f"clip.max_norm must be > 0, got {self.max_norm}")
-        check(
-            self.norm_type >= 1 or math.isinf(self.norm_type),
-            f"clip.norm_type must be >= 1 or inf, got {self.norm_type}",
-        )
-
-    def build(self) -> Clipper:
-        return NormClip(self.max_norm, self.norm_type)
+    def build(self) -> Clipping:
+        return Clipping(NormClip(self.max_norm, self.norm_type), super().build().error)
 
 
 @dataclass
 class ValueClipConfig(ClipConfig):
     clip_value: float = 0.5
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.clip_value > 0, f"clip.clip_value must be > 0, got {self.clip_value}")
-
-    def build(self) -> Clipper:
-        return ValueClip(self.clip_value)
+    def build(self) -> Clipping:
+        return Clipping(ValueClip(self.clip_value), super().build().error)
 
 
 @dataclass
@@ -339,66 +363,42 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
     divergence_factor: float | None = 3.0  # stop when the loss exceeds this x its best (null: off)
     divergence_warmup_tokens: int = 50_000
-    grad_flow: bool = True  # measure ||dL_t/dh_{t-j}|| at every evaluation (grad_flow.parquet)
+    grad_flow: bool = True  # ||dL_t/dh_{t-j}|| at 1/4, 1/2 and the end (grad_flow.parquet)
     checkpoint: bool = True  # write checkpoint.pt at every evaluation
     resume: bool = False  # continue from checkpoint.pt in the run directory
 
-    def __post_init__(self) -> None:
-        for key in (
-            "max_tokens", "max_flops", "eval_every_tokens", "eval_every_flops",
-            "eval_max_tokens", "eval_length",
-        ):  # fmt: skip
-            value = getattr(self, key)
-            check(
-                value is None or (math.isfinite(value) and value >= 1),
-                f"trainer.{key} must be >= 1, got {value}",
-            )
-        check(
-            self.max_seconds is None or (math.isfinite(self.max_seconds) and self.max_seconds > 0),
-            f"trainer.max_seconds must be > 0, got {self.max_seconds}",
-        )
-        check(
-            (self.max_tokens, self.max_flops, self.max_seconds) != (None, None, None),
-            "trainer.max_tokens, trainer.max_flops and trainer.max_seconds are all null: "
-            "set a budget",
-        )
+    def __post_init__(self) -> None:  # Budget and Divergence check the rest, when built
         check(
             (self.eval_every_tokens is None) != (self.eval_every_flops is None),
             "set exactly one of trainer.eval_every_tokens and trainer.eval_every_flops, got "
             f"{self.eval_every_tokens} and {self.eval_every_flops}",
         )
-        check(0 <= self.anneal < 1, f"trainer.anneal must be in [0, 1), got {self.anneal}")
-        check(
-            self.objective in ("best", "final"),
-            f"trainer.objective must be 'best' or 'final', got {self.objective!r}",
-        )
+        check_objective(self.objective)
         check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"trainer.device must be auto, cpu or cuda, got {self.device!r}",
-        )
-        check(
-            self.divergence_factor is None or self.divergence_factor > 1,
-            f"trainer.divergence_factor must be > 1 or null, got {self.divergence_factor}",
         )
         check(
             self.threads is None or self.threads >= 1,
             f"trainer.threads must be >= 1, got {self.threads}",
         )
 
-    def budget(self) -> Budget:
+    def build(self) -> tuple[Budget, Divergence]:
+        """When the run stops and evaluates, and when its loss counts as climbing."""
         flops = self.eval_every_flops is not None
         every = self.eval_every_flops if flops else self.eval_every_tokens
         assert every is not None
-        return Budget(
-            eval_every=int(every),
+        budget = Budget(
+            eval_every=every,  # type: ignore[arg-type]  # a float from the config; Budget casts
             eval_max_tokens=self.eval_max_tokens,
             eval_length=self.eval_length,
             max_tokens=self.max_tokens,
-            max_flops=None if self.max_flops is None else int(self.max_flops),
+            max_flops=self.max_flops,  # type: ignore[arg-type]
             max_seconds=self.max_seconds,
             unit="flops" if flops else "tokens",
             anneal=self.anneal,
         )
+        return budget, Divergence(self.divergence_factor, self.divergence_warmup_tokens)
 
 
 # Each data option's ``load_text()`` returns the corpus text and a name that error messages use.
@@ -407,7 +407,7 @@ DataSource = FileDataConfig | CountDataConfig | DelayedRecallDataConfig
 
 def corpus_from_meta(meta: dict[str, Any]) -> Corpus:
     """The corpus a checkpoint was trained on, rebuilt from its ``meta["data"]``."""
-    return data_from_meta(meta).corpus(window=1)
+    return data_from_meta(meta).build(window=1)
 
 
 def data_from_meta(meta: dict[str, Any]) -> DataConfig:

@@ -31,13 +31,21 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 RESULT_FILE = "result.json"
 OBJECTIVES = ("best", "final")  # trainer.objective: the best or the last validation loss
-COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"  # Optuna's names for a trial's end
 CHECK_ATTR = "sweeper_check"  # set on a task function by ``checked_by``
+
+
+class End(StrEnum):
+    """How a trial ended, by the names of Optuna's ``TrialState`` (``TrialState[end]``)."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,12 @@ def report(
         if reason:
             return reason
     return None
+
+
+def sweeping() -> bool:
+    """Whether a sweeper runs this job: it then owns the process's torch threads (its workers
+    share the cores), so the app leaves them as they are."""
+    return bool(_listeners)
 
 
 @contextmanager
@@ -118,10 +132,10 @@ def check_config(task: Callable[..., Any], cfg: Any) -> None:
         raise ConfigError(str(err)) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialResult:
     """What a finished run recorded in ``result.json``; every field is optional, so an app
-    records what it knows (this project's trainer records them all)."""
+    records what it knows (this project's trainer records them all, and returns it)."""
 
     completed: bool = True  # False when the run stopped early (see stop_reason)
     stop_reason: str | None = None
@@ -134,6 +148,7 @@ class TrialResult:
     planned_flops: int | None = None  # a time budget turned into FLOPs: replay with these
     planned_anneal: float | None = None
     vocab_size: int | None = None  # chance is ln(vocab_size) nats/char (analysis/answers.py)
+    started_at: float | None = None  # time.time() as this job began training (after start-up)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
@@ -144,10 +159,14 @@ class TrialResult:
         return objective_of(rule, self.best_val_loss, self.final_val_loss)
 
 
-def objective_of(rule: str, best: float | None, final: float | None) -> float | None:
-    """``trainer.objective``: the best validation loss of the run, or its final one."""
+def check_objective(rule: str) -> None:
     if rule not in OBJECTIVES:
         raise ValueError(f"trainer.objective must be 'best' or 'final', got {rule!r}")
+
+
+def objective_of(rule: str, best: float | None, final: float | None) -> float | None:
+    """``trainer.objective``: the best validation loss of the run, or its final one."""
+    check_objective(rule)
     return best if rule == "best" else final
 
 
@@ -169,26 +188,35 @@ def read_result(job_dir: Path | str) -> TrialResult | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    state: str  # COMPLETE | PRUNED | FAIL
+    state: End
     value: float | None
     reason: str | None  # why it stopped early or failed
 
 
 def outcome(
-    returned: Any, result: TrialResult | None, stopped: str | None = None
+    returned: Any,
+    result: TrialResult | None,
+    stopped: str | None = None,
+    error: BaseException | None = None,
 ) -> Outcome:
-    """How a job that ran to its end is told to the study: stopped early (by the sweeper,
-    ``stopped``, or by itself, ``result.stop_reason``) is PRUNED; otherwise its objective (the
-    task function's return value) must be a finite number. A job that raised is a FAIL with
-    its error's message (``failure``)."""
+    """The one rule by which a job is told to the study (the sweeper's workers and agents)
+    and read back (``analysis.load``'s multirun jobs). A job that raised (``error``) is a FAIL
+    with its message (``failure``); one stopped early (by the sweeper, ``stopped``, or by
+    itself, ``result.stop_reason``) is PRUNED; one whose ``result.json`` says it did not
+    complete is a FAIL; otherwise its objective (the task function's return value) must be a
+    finite number."""
+    if error is not None:
+        return failure(error)
     reason = stopped or (result.stop_reason if result is not None else None)
     if reason:
-        return Outcome(PRUNED, None, reason)
+        return Outcome(End.PRUNED, None, reason)
+    if result is not None and not result.completed:
+        return Outcome(End.FAIL, None, f"{RESULT_FILE}: not completed")
     if isinstance(returned, bool) or not isinstance(returned, int | float):
-        return Outcome(FAIL, None, f"objective is not a number: {returned!r}")
+        return Outcome(End.FAIL, None, f"objective is not a number: {returned!r}")
     if not math.isfinite(returned):
-        return Outcome(FAIL, None, f"objective is not finite: {returned}")
-    return Outcome(COMPLETE, float(returned), None)
+        return Outcome(End.FAIL, None, f"objective is not finite: {returned}")
+    return Outcome(End.COMPLETE, float(returned), None)
 
 
 def failure(error: BaseException) -> Outcome:
@@ -197,7 +225,7 @@ def failure(error: BaseException) -> Outcome:
     from tbptt.errors import ConfigError, summary
 
     if isinstance(error, ConfigError):
-        return Outcome(FAIL, None, f"error: {error}")
+        return Outcome(End.FAIL, None, f"error: {error}")
     if isinstance(error, SystemExit):
-        return Outcome(FAIL, None, f"the app exited with code {error.code}")
-    return Outcome(FAIL, None, summary(error))
+        return Outcome(End.FAIL, None, f"the app exited with code {error.code}")
+    return Outcome(End.FAIL, None, summary(error))

@@ -22,7 +22,8 @@ the next: that is what lets truncated BPTT carry context beyond the window it ba
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     return ids[: rows * batch_size].view(batch_size, rows).t().contiguous()  # (T, B)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Corpus:
     """A vocabulary and the batched train, validation and test streams."""
 
@@ -113,11 +114,11 @@ class Corpus:
 
     def to(self, device: torch.device | str) -> Corpus:
         test = None if self.test is None else self.test.to(device)
-        return Corpus(self.vocab, self.train.to(device), self.val.to(device), self.source, test)
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=test)
 
     def without_test(self) -> Corpus:
         """The same corpus with the test split withheld (what training and sweeps get)."""
-        return Corpus(self.vocab, self.train, self.val, self.source)
+        return replace(self, test=None)
 
 
 def build_corpus(
@@ -136,6 +137,35 @@ def build_corpus(
     ``window`` is the longest BPTT window the trainer will ask for; the training split must
     hold at least one such window (plus its shifted target) in every stream.
     """
+    split = split_text(
+        text, source=source, val_fraction=val_fraction, test_fraction=test_fraction,
+        batch_size=batch_size, eval_batch_size=eval_batch_size,
+    )  # fmt: skip
+    check_split(split, window)
+    return split.corpus
+
+
+@dataclass(frozen=True, kw_only=True)
+class Split:
+    """A corpus and what made it: its splits' lengths before batching, and the settings."""
+
+    corpus: Corpus
+    chars: dict[str, int]  # train, validation and test characters
+    fractions: dict[str, float]  # validation and test
+    batch_size: int
+    eval_batch_size: int
+
+
+def split_text(
+    text: str,
+    *,
+    source: str,
+    val_fraction: float,
+    test_fraction: float,
+    batch_size: int,
+    eval_batch_size: int,
+) -> Split:
+    """The encoding, splitting and batching of ``build_corpus`` (``check_split`` checks it)."""
     vocab = Vocab(text)
     if len(vocab) < 2:
         raise ConfigError(f"{source}: vocabulary has {len(vocab)} character(s); need at least 2")
@@ -144,23 +174,69 @@ def build_corpus(
     n_train = len(ids) - n_val - n_test
     train_ids, val_ids = ids[:n_train], ids[n_train : n_train + n_val]
     test_ids = ids[n_train + n_val :]
-    need_train = batch_size * (window + 1)
-    if len(train_ids) < need_train:
+    corpus = Corpus(
+        vocab=vocab,
+        train=batchify(train_ids, batch_size),
+        val=batchify(val_ids, eval_batch_size),
+        source=source,
+        test=batchify(test_ids, eval_batch_size) if test_fraction else None,
+    )
+    return Split(
+        corpus=corpus,
+        chars={"train": n_train, "validation": n_val, "test": len(test_ids)},
+        fractions={"validation": val_fraction, "test": test_fraction},
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+    )
+
+
+def check_split(split: Split, window: int) -> None:
+    """Every stream of the training split holds a ``window`` and its shifted target; the
+    validation and test splits hold two characters per evaluation stream."""
+    source, chars, batch = split.corpus.source, split.chars, split.batch_size
+    need_train = batch * (window + 1)
+    if chars["train"] < need_train:
         raise ConfigError(
-            f"{source}: training split has {len(train_ids)} characters, but data.batch_size x "
-            f"(window + 1) = {batch_size} x {window + 1} = {need_train} are needed; use a larger "
+            f"{source}: training split has {chars['train']} characters, but data.batch_size x "
+            f"(window + 1) = {batch} x {window + 1} = {need_train} are needed; use a larger "
             "corpus or a smaller data.batch_size / bptt length"
         )
-    for name, split, key, fraction in (
-        ("validation", val_ids, "val_fraction", val_fraction),
-        ("test", test_ids, "test_fraction", test_fraction),
-    ):
-        if fraction and len(split) < eval_batch_size * 2:
+    need = split.eval_batch_size * 2
+    for name, key in (("validation", "val_fraction"), ("test", "test_fraction")):
+        fraction = split.fractions[name]
+        if fraction and chars[name] < need:
             raise ConfigError(
-                f"{source}: {name} split has {len(split)} characters (data.{key}={fraction}), "
-                f"need at least data.eval_batch_size x 2 = {eval_batch_size * 2}"
+                f"{source}: {name} split has {chars[name]} characters (data.{key}={fraction}), "
+                f"need at least data.eval_batch_size x 2 = {need}"
             )
-    test = batchify(test_ids, eval_batch_size) if test_fraction else None
-    return Corpus(
-        vocab, batchify(train_ids, batch_size), batchify(val_ids, eval_batch_size), source, test
-    )
+
+
+class LastSplit:
+    """The last split made in this process, by what it was made from: a sweep's worker reuses
+    it for its next trial of the same data (reading, encoding and batching the Shakespeare
+    corpus takes about 0.35 s, most of a small trial's start-up).
+
+    Example:
+        >>> made = []
+        >>> def make():
+        ...     made.append(1)
+        ...     return split_text(count_text(400), source="count", val_fraction=0.1,
+        ...                       test_fraction=0.0, batch_size=4, eval_batch_size=2)
+        >>> cache = LastSplit()
+        >>> cache.get("count 400", make) is cache.get("count 400", make), len(made)
+        (True, 1)
+    """
+
+    def __init__(self) -> None:
+        self._key: object = None
+        self._split: Split | None = None
+
+    def get(self, key: object, make: Callable[[], Split]) -> Split:
+        """The split made for ``key`` (None: not to be kept), made now if it is not the last."""
+        if key is None or key != self._key or self._split is None:
+            self._key, self._split = None, None  # no stale split if make() fails
+            split = make()
+            if key is not None:
+                self._key, self._split = key, split
+            return split
+        return self._split

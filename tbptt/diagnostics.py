@@ -9,6 +9,7 @@ the window, above 1 that it explodes.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +17,34 @@ from torch.nn.utils import get_total_norm
 
 from tbptt.model import CharRNN, Hidden, detach
 
+if TYPE_CHECKING:
+    from tbptt.trainer import EvalPoint, Trainer
+
+
+def _parts(model: CharRNN) -> dict[str, torch.nn.Module]:
+    return {"embed": model.embed, **{f"rnn{i}": m for i, m in enumerate(model.rnns)},
+            "decoder": model.decoder}  # fmt: skip
+
+
+def part_names(model: CharRNN) -> list[str]:
+    """``embed``, ``rnn0``.. ``rnnN``, ``decoder``: the parts ``grad_norms`` measures."""
+    return list(_parts(model))
+
+
+def grad_norms(model: CharRNN) -> torch.Tensor:
+    """(parts + 1,): the L2 gradient norm of each part (``part_names``), then of them all. A
+    tensor on the model's device, so that a caller reads it with other values in one transfer."""
+    norms = []
+    for module in _parts(model).values():
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        norms.append(get_total_norm(grads) if grads else model.decoder.weight.new_zeros(()))
+    parts = torch.stack(norms)
+    return torch.cat([parts, torch.linalg.vector_norm(parts).reshape(1)])
+
 
 def layer_grad_norms(model: CharRNN) -> dict[str, float]:
     """Total L2 gradient norm of each part: ``embed``, ``rnn0``.. ``rnnN``, ``decoder``."""
-    parts = {"embed": model.embed, **{f"rnn{i}": m for i, m in enumerate(model.rnns)}}
-    parts["decoder"] = model.decoder
-    norms = {}
-    for name, module in parts.items():
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        norms[name] = float(get_total_norm(grads)) if grads else 0.0
-    return norms
+    return dict(zip(part_names(model), grad_norms(model)[:-1].tolist(), strict=True))
 
 
 def _state_tensors(hidden: Hidden) -> list[torch.Tensor]:
@@ -70,3 +89,68 @@ def decay_factor(norms: list[float]) -> float:
     num = sum((j - mean_j) * (v - mean_v) for j, v in points)
     den = sum((j - mean_j) ** 2 for j, _ in points)
     return math.exp(num / den)
+
+
+def measure_flow(model: CharRNN, val: torch.Tensor, lags: int, warm_up: int) -> list[float]:
+    """``gradient_flow`` on the first validation window of ``lags`` + 1 steps after ``warm_up``
+    steps of context (fewer on a short split); [] when the split is too short to unroll."""
+    model.eval()
+    lags = min(lags, val.size(0) - 2)
+    if lags < 1:
+        return []
+    warm = min(warm_up, val.size(0) - lags - 2)
+    hidden = model.init_hidden(val.size(1))
+    if warm > 0:
+        with torch.no_grad():
+            _, hidden = model(val[:warm], hidden)
+    x = val[warm : warm + lags + 1]  # (lags + 1, B)
+    return gradient_flow(model, x, val[warm + 1 : warm + lags + 2], hidden)
+
+
+FLOW_AT = (0.25, 0.5)  # GradFlow: shares of the budget after which the flow is measured
+
+
+class GradFlow:
+    """Evaluation handler (``Trainer.on(Events.MEASURED, GradFlow())``): the gradient flow
+    through time over the schedule's nominal k2, into the ``grad_flow`` table, and its fitted
+    ``decay_factor`` into the evaluation's row.
+
+    One measurement unrolls k2 steps one at a time, forward and backward: at 1x384 it costs a
+    twentieth of an evaluation interval of the default sweep, more than every other
+    diagnostic together. So it is taken at the evaluations where the run first passes each
+    share ``at`` of its budget, and at its last evaluation (the budget spent): the gradient's
+    health at a quarter, half and the end of the run, the end being what the report judges.
+    A run stopped early (pruned) keeps the shares it passed. ``at=None``: every evaluation.
+
+    Args:
+        at: shares of the token/FLOP budget (``Budget.fraction``), each in (0, 1).
+
+    Example:
+        >>> import pandas as pd
+        >>> trainer.on(Events.MEASURED, GradFlow(at=None)); _ = trainer.fit()
+        >>> flow = pd.read_parquet(trainer.log.path("grad_flow"))  # lags 0..k2 per evaluation
+        >>> flow.groupby("tokens")["lag"].max().to_dict()
+        {256: 8, 512: 8}
+    """
+
+    def __init__(self, at: tuple[float, ...] | None = FLOW_AT) -> None:
+        if at is not None and not all(0 < share < 1 for share in at):
+            raise ValueError(f"gradient flow shares must be in (0, 1), got {at}")
+        self._at = at
+
+    def due(self, point: EvalPoint) -> bool:
+        if self._at is None or point.final:
+            return True
+        return any(point.spent_before < share <= point.spent for share in self._at)
+
+    def __call__(self, trainer: Trainer, point: EvalPoint) -> dict[str, Any]:
+        if not self.due(point):
+            return {}
+        warm_up = trainer.budget.eval_length
+        norms = measure_flow(trainer.model, trainer.corpus.val, trainer.schedule.nominal.k2,
+                             warm_up)  # fmt: skip
+        factor = decay_factor(norms)
+        for lag, norm in enumerate(norms):
+            trainer.log.add("grad_flow", tokens=point.tokens, lag=lag, grad_norm=norm,
+                            decay_factor=factor)  # fmt: skip
+        return {"decay_factor": factor}

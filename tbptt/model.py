@@ -14,6 +14,19 @@ GATES = {"rnn_tanh": 1, "gru": 3, "lstm": 4}  # weight blocks of a cell's input 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def check_shape(cell: str, embed_size: int, hidden_size: int, layers: int, dropout: float) -> None:
+    """The model's arguments, as ``model.*`` keys name them (``ModelConfig`` checks a config
+    with this before any data is read; ``CharRNN`` on construction)."""
+    if cell not in CELLS:
+        raise ValueError(f"model.cell must be one of {sorted(CELLS)}, got {cell!r}")
+    for key, value in (("embed_size", embed_size), ("hidden_size", hidden_size),
+                       ("layers", layers)):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"model.{key} must be >= 1, got {value}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+
+
 class CharRNN(nn.Module):
     """Embedding -> multi-layer RNN (rnn_tanh | gru | lstm) -> linear decoder over the vocabulary.
 
@@ -27,7 +40,10 @@ class CharRNN(nn.Module):
 
     Example:
         >>> model = CharRNN(vocab_size=65, cell="lstm", hidden_size=128, layers=2)
-        >>> logits, hidden = model(x, model.init_hidden(batch_size=32))  # x: (T, B)
+        >>> x = torch.zeros(10, 32, dtype=torch.long)  # (T, B) character ids
+        >>> logits, hidden = model(x, model.init_hidden(batch_size=32))
+        >>> logits.shape, hidden[0].shape
+        (torch.Size([10, 32, 65]), torch.Size([2, 32, 128]))
     """
 
     def __init__(
@@ -40,8 +56,7 @@ class CharRNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"model.cell must be one of {sorted(CELLS)}, got {cell!r}")
+        check_shape(cell, embed_size, hidden_size, layers, dropout)
         self.cell, self.hidden_size, self.layers = cell, hidden_size, layers
         self.embed = nn.Embedding(vocab_size, embed_size)
         kwargs = {"nonlinearity": "tanh"} if cell == "rnn_tanh" else {}
@@ -103,6 +118,7 @@ def detach(hidden: Hidden) -> Hidden:
     return hidden.detach()
 
 
-def hidden_norm(hidden: Hidden) -> float:
+def hidden_norm(hidden: Hidden) -> torch.Tensor:
+    """The L2 norm of h over every layer and stream (a 0-d tensor, read with other values)."""
     h = hidden[0] if isinstance(hidden, tuple) else hidden
-    return float(h.detach().norm())
+    return h.detach().norm()

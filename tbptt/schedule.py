@@ -8,6 +8,7 @@ and its checkpoint carries the generator state.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,11 @@ class Window:
     lr_scale: float = 1.0  # this update's learning rate is multiplied by it
 
 
-def _check_overlap(overlap: int) -> None:
-    if overlap < 0:
-        raise ValueError(f"bptt.overlap must be >= 0, got {overlap}")
+def _check_lengths(min_len: int, max_len: int | None) -> None:
+    if min_len < 1:
+        raise ValueError(f"bptt.min_len must be >= 1, got {min_len}")
+    if max_len is not None and max_len < min_len:
+        raise ValueError(f"bptt.max_len must be >= bptt.min_len, got {max_len} < {min_len}")
 
 
 class FixedSchedule:
@@ -71,7 +74,8 @@ class _RandomLengths:
     """Shared by the randomized schedules: a seeded generator, overlap and lr rescaling."""
 
     def __init__(self, length: int, overlap: int, scale_lr: bool, seed: int) -> None:
-        _check_overlap(overlap)
+        if overlap < 0:
+            raise ValueError(f"bptt.overlap must be >= 0, got {overlap}")
         self._length, self._overlap, self._scale_lr = length, overlap, scale_lr
         self._rng = random.Random(seed)
 
@@ -133,12 +137,9 @@ class RandomSchedule(_RandomLengths):
             raise ValueError(f"bptt.length must be >= 1, got {length}")
         if not 0 <= p <= 1:
             raise ValueError(f"bptt.p must be in [0, 1], got {p}")
-        if sigma < 0:
-            raise ValueError(f"bptt.sigma must be >= 0, got {sigma}")
-        if min_len < 1:
-            raise ValueError(f"bptt.min_len must be >= 1, got {min_len}")
-        if max_len is not None and max_len < min_len:
-            raise ValueError(f"bptt.max_len must be >= bptt.min_len, got {max_len} < {min_len}")
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"bptt.sigma must be >= 0 and finite, got {sigma}")
+        _check_lengths(min_len, max_len)
         super().__init__(length, overlap, scale_lr, seed)
         self._p, self._sigma, self._min, self._max = p, sigma, min_len, max_len
 
@@ -179,10 +180,7 @@ class UniformSchedule(_RandomLengths):
         scale_lr: bool = False,
         seed: int = 0,
     ) -> None:
-        if min_len < 1:
-            raise ValueError(f"bptt.min_len must be >= 1, got {min_len}")
-        if max_len < min_len:
-            raise ValueError(f"bptt.max_len must be >= bptt.min_len, got {max_len} < {min_len}")
+        _check_lengths(min_len, max_len)
         super().__init__(round((min_len + max_len) / 2), overlap, scale_lr, seed)
         self._min, self._max = min_len, max_len
 

@@ -1,29 +1,45 @@
 """Hydra entry point: ``python -m tbptt.train [overrides]`` (add ``-m`` for a multirun).
 
 Only this module reads the config: it validates every group, builds plain objects (corpus,
-model, optimizer, clipper, schedule) and hands them to the trainer.
+model, optimizer, clipper, schedule) with each group's ``build()`` and hands them to the
+trainer, with the evaluation handlers the config asks for (gradient flow, checkpoints).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tbptt import config, contract
+from tbptt import checkpoint, config, contract
+from tbptt.checkpoint import Checkpoints
 from tbptt.cli import run_app
+from tbptt.clipping import Clipping
+from tbptt.contract import TrialResult
+from tbptt.diagnostics import GradFlow
 from tbptt.errors import ConfigError, first_line
 from tbptt.keys import flatten
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN
-from tbptt.trainer import Divergence, EvalCallback, EvalPoint, RunResult, StopRun, Trainer
+from tbptt.schedule import Schedule
+from tbptt.trainer import (
+    Budget,
+    Divergence,
+    EvalCallback,
+    EvalPoint,
+    Events,
+    StopRun,
+    Trainer,
+)
 
 log = logging.getLogger(__name__)
 config.register()
@@ -46,36 +62,63 @@ def resolve_device(name: str) -> torch.device:
 
 
 def typed(cfg: DictConfig) -> dict[str, Any]:
-    """Every group as its schema dataclass, checked: the value checks of tbptt/config.py, the
-    seed, and the optimizer's arguments as torch reads them (keys added with ``+optim.x``)."""
-    c = {
-        str(key): OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
-        for key, node in ((key, cfg[key]) for key in cfg if key != "hydra")
-    }
-    seed = c.get("seed", 0)  # (a sweep of another Hydra app may have neither key)
+    """Every group as its schema dataclass (running the schemas' own checks) and the seed,
+    checked; a ValueError becomes the one-line ConfigError."""
+    with config_errors():
+        c = {
+            str(key): OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+            for key, node in ((key, cfg[key]) for key in cfg if key != "hydra")
+        }
+    seed = c.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    if "optim" in cfg:
-        optimizer(cfg.optim)
     return c
 
 
-def optimizer(optim_cfg: DictConfig, params: Any = None) -> torch.optim.Optimizer:
-    """``optim``'s optimizer over ``params`` (None: a probe parameter, to check the arguments
-    before any data is read); torch's complaint becomes one line naming the group."""
-    if params is None:
-        params = [torch.zeros(1, requires_grad=True)]
+@contextmanager
+def config_errors() -> Iterator[None]:
+    """A ValueError raised while a config is turned into objects is bad input: the library
+    objects check their own arguments and name the key; say it in one line."""
     try:
-        return instantiate(optim_cfg, _convert_="all")(params)  # type: ignore[no-any-return]
-    except (TypeError, ValueError) as err:
-        target = optim_cfg.get("_target_")
-        raise ConfigError(f"optim ({target}): {first_line(err)}") from None
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(first_line(err)) from None
+
+
+def optim_extra(cfg: DictConfig) -> dict[str, Any]:
+    """Optimizer arguments added on the command line (``+optim.amsgrad=true``): keys of
+    ``optim`` that its schema does not list (``OmegaConf.to_object`` drops them)."""
+    known = {f.name for f in fields(OmegaConf.get_type(cfg.optim))}  # type: ignore[arg-type]
+    node = OmegaConf.to_container(cfg.optim, resolve=True)
+    assert isinstance(node, dict)
+    return {str(k): v for k, v in node.items() if k not in known}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parts:
+    """What a config builds before any data is read; building them checks every value."""
+
+    schedule: Schedule
+    clipping: Clipping
+    budget: Budget
+    divergence: Divergence
+
+
+def build_parts(cfg: DictConfig, c: dict[str, Any]) -> Parts:
+    """The cheap objects of ``c`` (``typed(cfg)``), the optimizer tried on a probe tensor."""
+    with config_errors():
+        c["optim"].build([torch.zeros(1, requires_grad=True)], optim_extra(cfg))
+        budget, divergence = c["trainer"].build()
+        return Parts(schedule=c["bptt"].build(c["seed"]), clipping=c["clip"].build(),
+                     budget=budget, divergence=divergence)  # fmt: skip
 
 
 def build_model(model_cfg: config.ModelConfig, vocab_size: int, seed: int) -> CharRNN:
     torch.manual_seed(seed)  # the initial weights depend on the seed alone
     try:
-        return CharRNN(vocab_size, **vars(model_cfg))
+        return model_cfg.build(vocab_size)
     except (RuntimeError, MemoryError) as err:  # the weights do not fit in memory
         shape = f"{model_cfg.layers}x{model_cfg.hidden_size}, embed {model_cfg.embed_size}"
         raise ConfigError(f"model ({shape}): cannot build it: {first_line(err)}") from None
@@ -96,38 +139,43 @@ def build_trainer(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback]) -
     """Validate ``cfg`` (every check runs before any data is read or compute spent), then
     build the objects the trainer takes."""
     c = typed(cfg)
-    bptt, clip, tc = c["bptt"], c["clip"], c["trainer"]
-    schedule = bptt.build(c["seed"])
+    parts, tc = build_parts(cfg, c), c["trainer"]
     device = resolve_device(tc.device)
     flush_denormals()
     # Training never sees the test split: it is held out for `python -m tbptt.evaluate`.
-    corpus = c["data"].corpus(schedule.max_k2).without_test().to(device)
-    if tc.threads is not None:
+    corpus = c["data"].build(parts.schedule.max_k2).without_test().to(device)
+    if tc.threads is not None and not contract.sweeping():  # a sweeper sets its workers'
         torch.set_num_threads(tc.threads)
     model = build_model(c["model"], len(corpus.vocab), c["seed"]).to(device)
     trainer = Trainer(
-        model,
-        optimizer(cfg.optim, model.parameters()),
-        clip.build(),
-        schedule,
-        corpus,
-        tc.budget(),
-        MetricsLog(run_dir),
-        loss_window=bptt.loss_window,
-        error_clip=clip.build_error_clip(),
-        divergence=Divergence(tc.divergence_factor, tc.divergence_warmup_tokens),
-        grad_flow=tc.grad_flow,
-        checkpoint_path=run_dir / "checkpoint.pt" if tc.checkpoint else None,
+        model=model,
+        optimizer=c["optim"].build(model.parameters(), optim_extra(cfg)),
+        clipper=parts.clipping.grad,
+        schedule=parts.schedule,
+        corpus=corpus,
+        budget=parts.budget,
+        log=MetricsLog(run_dir),
+        loss_window=c["bptt"].loss_window,
+        error_clip=parts.clipping.error,
+        divergence=parts.divergence,
         on_eval=on_eval,
-        meta={"vocab": corpus.vocab.chars, "model": vars(c["model"]), "data": c["data"].meta(),
-              "settings": resume_settings(cfg)},  # fmt: skip
+        meta={
+            "vocab": corpus.vocab.chars,
+            "model": vars(c["model"]),
+            "data": c["data"].meta(),
+            "settings": resume_settings(cfg),
+        },
     )
+    if tc.grad_flow:
+        trainer.on(Events.MEASURED, GradFlow())
+    if tc.checkpoint:
+        trainer.on(Events.RECORDED, Checkpoints(run_dir / "checkpoint.pt"))
     if tc.resume:
-        trainer.resume(run_dir / "checkpoint.pt")
+        checkpoint.resume(trainer, run_dir / "checkpoint.pt")
     return trainer
 
 
-def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = None) -> RunResult:
+def run(cfg: DictConfig, run_dir: Path, on_eval: list[EvalCallback] | None = None) -> TrialResult:
     """Validate ``cfg``, train, and return the result; metric tables land in ``run_dir``."""
     trainer = build_trainer(cfg, run_dir, on_eval or [])
     result = trainer.fit()
@@ -156,14 +204,15 @@ def report_to_sweeper(point: EvalPoint) -> None:
 def check(cfg: DictConfig) -> None:
     """What the sweeper validates every trial's config with before it trains: every group's
     values, and that a corpus file can be read."""
-    data = typed(cfg).get("data")
-    if isinstance(data, config.FileDataConfig):
-        data.load_text()
+    c = typed(cfg)
+    build_parts(cfg, c)
+    if isinstance(c["data"], config.FileDataConfig):
+        c["data"].load_text()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @contract.checked_by(check)
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     """Train one run; its objective is the best (or final) validation loss. A bad config
     raises ``ConfigError``: the command line (``run_app``) prints it in one line and exits 2,
     a sweep records its message as the trial's failure."""

@@ -33,27 +33,25 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from tbptt import checkpoint
-from tbptt.clipping import Clipper, ErrorClip
-from tbptt.contract import objective_of, write_result
+from tbptt.clipping import Clipper, ClipResult, ErrorClip
+from tbptt.contract import TrialResult, write_result
 from tbptt.data import Corpus
-from tbptt.diagnostics import decay_factor, gradient_flow, layer_grad_norms
-from tbptt.errors import ConfigError
+from tbptt.diagnostics import grad_norms, part_names
 from tbptt.evaluate import mean_loss
-from tbptt.keys import differences
 from tbptt.metrics import MetricsLog
 from tbptt.model import CharRNN, Hidden, detach, hidden_norm
 from tbptt.schedule import Schedule, Window
 
 LN2 = math.log(2.0)
-BEST_CHECKPOINT = "best.pt"  # beside checkpoint.pt: the weights of the best validation loss
 UNITS = ("tokens", "flops")
+LOSS_WINDOWS = ("k1", "last")  # bptt.loss_window: the losses of the last k1 steps, or the last's
 EMA_ALPHA = 0.05  # smoothing of the training loss that divergence detection watches
 RATE_WINDOW_S = 2.0  # a time budget is turned into FLOPs after measuring at least this long
 # ... aiming a little short: evaluations and checkpoints to come, and drift, slow the rest;
@@ -70,7 +68,12 @@ class StopRun(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+def _at_least_one(key: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 1):
+        raise ValueError(f"trainer.{key} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Budget:
     """When a run stops, when it evaluates, and how its learning rate is annealed.
 
@@ -86,6 +89,11 @@ class Budget:
     for the first (1 - anneal) of its seconds, then fixes the FLOP budget that its measured
     speed reaches in the rest (:meth:`planned`) and anneals over it: a time budget that ends
     annealed, and a FLOP budget (in ``result.json``) that replays it exactly.
+
+    Example:
+        >>> budget = Budget(eval_every=1000, eval_max_tokens=None, eval_length=64, max_tokens=5000)
+        >>> budget.spent(tokens=5000, flops=0, seconds=1.0), budget.fraction(2500, 0)
+        (True, 0.5)
     """
 
     eval_every: int
@@ -100,10 +108,26 @@ class Budget:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise ValueError(f"budget unit must be one of {UNITS}, got {self.unit!r}")
-        if self.max_tokens is None and self.max_flops is None and self.max_seconds is None:
-            raise ValueError("a budget needs max_tokens, max_flops or max_seconds")
+        for key, value in (
+            ("max_tokens", self.max_tokens), ("max_flops", self.max_flops),
+            (f"eval_every_{self.unit}", self.eval_every),
+            ("eval_max_tokens", self.eval_max_tokens), ("eval_length", self.eval_length),
+        ):  # fmt: skip
+            _at_least_one(key, value)
+        seconds = self.max_seconds
+        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"trainer.max_seconds must be > 0, got {seconds}")
+        if (self.max_tokens, self.max_flops, self.max_seconds) == (None, None, None):
+            raise ValueError(
+                "trainer.max_tokens, trainer.max_flops and trainer.max_seconds are all null: "
+                "set a budget"
+            )
         if not 0 <= self.anneal < 1:
             raise ValueError(f"trainer.anneal must be in [0, 1), got {self.anneal}")
+        # A config gives FLOPs as floats (1e12); the run counts them in ints.
+        object.__setattr__(self, "eval_every", int(self.eval_every))
+        if self.max_flops is not None:
+            object.__setattr__(self, "max_flops", int(self.max_flops))
 
     @property
     def by_time(self) -> bool:
@@ -140,14 +164,9 @@ class Budget:
             or (self.max_seconds is not None and seconds >= self.max_seconds)
         )
 
-
-@dataclass(frozen=True)
-class Divergence:
-    """Stop when the smoothed training loss (or a validation loss) exceeds ``factor`` x the
-    best seen, once ``warmup_tokens`` have been trained. ``factor=None`` disables it."""
-
-    factor: float | None = None
-    warmup_tokens: int = 0
+    def step_of(self, tokens: int, flops: int) -> int:
+        """A point of the run in the budget's unit (what pruners see as the step)."""
+        return flops if self.unit == "flops" else tokens
 
 
 @dataclass
@@ -172,26 +191,57 @@ class TrainState:
 
 
 @dataclass(frozen=True)
-class RunResult:
-    completed: bool  # False when the run stopped early (see stop_reason)
-    stop_reason: str | None
-    tokens: int
-    flops: int
-    updates: int
-    best_val_loss: float
-    final_val_loss: float
-    wall_seconds: float
-    planned_flops: int | None = None  # a time budget turned into FLOPs: replay with these
-    planned_anneal: float | None = None
-    vocab_size: int | None = None  # chance is ln(vocab_size) nats/char (the answers' yardstick)
+class Divergence:
+    """Stops a run whose loss climbs: the smoothed training loss (after every update) or a
+    validation loss (at every evaluation) above ``factor`` x the best seen so far, once
+    ``warmup_tokens`` have been trained. Near a zero loss a factor alone would call noise a
+    climb, so the loss must also exceed the best by ``DIVERGENCE_MARGIN`` nats.
 
-    def objective(self, rule: str = "best") -> float:
-        value = objective_of(rule, self.best_val_loss, self.final_val_loss)
-        assert value is not None  # both losses are floats (inf before the first evaluation)
-        return value
+    Args:
+        factor: the multiple of the best loss that counts as diverged, > 1; None: never stop.
+        warmup_tokens: tokens trained before the check starts (early losses are erratic).
+
+    Example:
+        >>> state = TrainState(tokens=900, loss_ema=4.0, best_loss_ema=4.0)
+        >>> Divergence(factor=2.0).after_update(state, loss=9.0) is None  # smoothed: not yet
+        True
+        >>> Divergence(factor=2.0).after_eval(state, loss=9.0, best=4.0)
+        'diverged at token 900: validation loss 9.000'
+    """
+
+    factor: float | None = None
+    warmup_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.factor is not None and not self.factor > 1:
+            raise ValueError(f"trainer.divergence_factor must be > 1 or null, got {self.factor}")
+
+    def after_update(self, state: TrainState, loss: float) -> str | None:
+        """Fold ``loss`` into the smoothed training loss in ``state``; why the run must stop
+        now, or None."""
+        first = math.isnan(state.loss_ema)
+        ema = loss if first else state.loss_ema + EMA_ALPHA * (loss - state.loss_ema)
+        state.loss_ema, state.best_loss_ema = ema, min(state.best_loss_ema, ema)
+        if not self._climbed(ema, state.best_loss_ema, state.tokens):
+            return None
+        return (
+            f"diverged at token {state.tokens}: training loss {ema:.3f} > "
+            f"{self.factor} x best {state.best_loss_ema:.3f}"
+        )
+
+    def after_eval(self, state: TrainState, loss: float, best: float) -> str | None:
+        """Whether validation ``loss`` climbed above the ``best`` before it."""
+        if not self._climbed(loss, best, state.tokens):
+            return None
+        return f"diverged at token {state.tokens}: validation loss {loss:.3f}"
+
+    def _climbed(self, loss: float, best: float, tokens: int) -> bool:
+        if self.factor is None or not math.isfinite(best) or tokens < self.warmup_tokens:
+            return False
+        return loss > max(self.factor * best, best + DIVERGENCE_MARGIN)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalPoint:
     """Where an evaluation happened and what it measured; ``step`` is in the budget's unit."""
 
@@ -199,10 +249,23 @@ class EvalPoint:
     flops: int
     step: int
     val_loss: float
+    improved: bool = False  # the best validation loss so far
     final: bool = False  # the run's last evaluation: its budget is spent
+    spent: float = 0.0  # the share of the token/FLOP budget spent (Budget.fraction) ...
+    spent_before: float = 0.0  # ... and at the evaluation before (0 at the first)
 
 
 EvalCallback = Callable[[EvalPoint], None]  # raise StopRun to stop the run
+
+
+class Events(Enum):
+    """Moments of an evaluation at which handlers run (``Trainer.on``), as Ignite's events."""
+
+    MEASURED = "measured"  # the loss is in ``state``: a handler may return more evals columns
+    RECORDED = "recorded"  # the evals row is on disk: handlers save (checkpoints)
+
+
+Handler = Callable[["Trainer", EvalPoint], dict[str, Any] | None]
 
 
 def update_flops(n_eff: int, streams: int, span: int) -> int:
@@ -218,22 +281,32 @@ class Trainer:
     Args:
         model: the language model; its parameters are what ``optimizer`` updates.
         optimizer: created once by the caller and kept for the whole run.
-        clipper: gradient clipper (measures the pre-clip norm on every update).
+        clipper: gradient clipper (reports the pre-clip norm on every update).
         schedule: yields the (k1, k2) window of each update.
         corpus: batched train/val streams, already on the model's device.
-        budget: token budget and evaluation cadence.
+        budget: when the run stops and evaluates.
         log: metric tables of this run.
         loss_window: ``k1`` (losses of the last k1 steps) or ``last`` (the last step only).
         error_clip: clamps the backward error signal (None: off).
         divergence: when to stop a run whose loss climbs.
-        grad_flow: measure the gradient flow through time at every evaluation.
-        checkpoint_path: where to write a checkpoint at every evaluation (None: never).
-        on_eval: called after each evaluation with (tokens, val_loss).
-        meta: extra plain data stored in checkpoints (vocabulary, model shape).
+        on_eval: called after each evaluation that stands (finite, not diverged); raise
+            ``StopRun`` to stop the run (a pruner does).
+        meta: plain data stored in checkpoints (vocabulary, model shape, data, settings).
+
+    More work at each evaluation is registered with :meth:`on` (gradient flow, checkpoints).
 
     Example:
-        >>> Trainer(model, Adam(model.parameters()), NoClip(), FixedSchedule(10, 40), corpus,
-        ...         budget, MetricsLog(run_dir)).fit().best_val_loss
+        >>> from tbptt.clipping import NoClip
+        >>> from tbptt.data import build_corpus, count_text
+        >>> from tbptt.schedule import FixedSchedule
+        >>> corpus = build_corpus(count_text(4000), source="count", val_fraction=0.1,
+        ...                       batch_size=4, eval_batch_size=2, window=8)
+        >>> model = CharRNN(len(corpus.vocab), hidden_size=16, layers=1)
+        >>> budget = Budget(eval_every=256, eval_max_tokens=64, eval_length=8, max_tokens=512)
+        >>> trainer = Trainer(model, torch.optim.Adam(model.parameters()), NoClip(),
+        ...                   FixedSchedule(8), corpus, budget, MetricsLog(getfixture("tmp_path")))
+        >>> trainer.fit().updates
+        16
     """
 
     model: CharRNN
@@ -246,46 +319,57 @@ class Trainer:
     loss_window: str = "k1"
     error_clip: ErrorClip | None = None
     divergence: Divergence = Divergence()
-    grad_flow: bool = False
-    checkpoint_path: Path | None = None
     on_eval: Sequence[EvalCallback] = ()
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.loss_window not in ("k1", "last"):
+        if self.loss_window not in LOSS_WINDOWS:
             raise ValueError(f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}")
         self.state = TrainState()
         self._n_eff = self.model.n_eff()
+        self._parts = part_names(self.model)
         self._ahead: deque[Window] = deque()  # windows drawn from the schedule, not yet used
-        self._reset_states()
+        self._handlers: dict[Events, list[Handler]] = {event: [] for event in Events}
+        self._started: float | None = None  # perf_counter() at the start of fit(), resumes too
+        self._started_at: float | None = None  # time.time() as fit() began
+        self._reset_carried()
         if self.error_clip is not None:
             self.model.output_hooks.append(self.error_clip.hook)
+
+    def on(self, event: Events, handler: Handler) -> None:
+        """Run ``handler(trainer, point)`` at ``event`` of every evaluation."""
+        self._handlers[event].append(handler)
 
     @property
     def hidden(self) -> Hidden:
         """The (detached) state at the current position: where the next new steps start."""
-        return self._states[self.state.position]
+        return self._carried[self.state.position]
 
-    def _reset_states(self) -> None:
+    def _reset_carried(self) -> None:
         # position -> detached state after consuming the positions before it
-        self._states: dict[int, Hidden] = {0: self.model.init_hidden(self.corpus.train.size(1))}
+        self._carried: dict[int, Hidden] = {0: self.model.init_hidden(self.corpus.train.size(1))}
 
-    def fit(self) -> RunResult:
-        started = time.perf_counter() - self.state.elapsed
+    def _elapsed(self) -> float:
+        return math.nan if self._started is None else time.perf_counter() - self._started
+
+    def fit(self) -> TrialResult:
+        self._started = time.perf_counter() - self.state.elapsed
+        self._started_at = time.time()
         try:
-            self._train(started)
+            self._train()
         except StopRun as stop:
             self.state.stop_reason = stop.reason
         finally:
-            self.state.elapsed = time.perf_counter() - started
+            self.state.elapsed = self._elapsed()
             self.log.flush()  # metrics recorded so far survive any ending, crashes included
         result = self.result()
         write_result(asdict(result), self.log.directory)
         return result
 
-    def result(self) -> RunResult:
+    def result(self) -> TrialResult:
+        """What the run has trained so far, as ``result.json`` records it."""
         s = self.state
-        return RunResult(
+        return TrialResult(
             completed=s.stop_reason is None,
             stop_reason=s.stop_reason,
             tokens=s.tokens,
@@ -297,37 +381,33 @@ class Trainer:
             planned_flops=s.planned_flops,
             planned_anneal=s.planned_anneal,
             vocab_size=len(self.meta["vocab"]) if "vocab" in self.meta else None,
+            started_at=self._started_at,
         )
 
-    def _train(self, started: float) -> None:
+    def _train(self) -> None:
         s = self.state
         mark = (time.perf_counter(), s.flops)  # this call's start: its speed, not a resumed one's
-        while not self.budget.spent(s.tokens, s.flops, time.perf_counter() - started):
-            if self.budget.by_time and self.budget.plan_due(time.perf_counter() - started):
-                self._plan_flops(started, mark)
-            self.update(started)
+        while not self.budget.spent(s.tokens, s.flops, self._elapsed()):
+            if self.budget.by_time and self.budget.plan_due(self._elapsed()):
+                self._plan_flops(mark)
+            self.update()
             if self._eval_due():
-                self._evaluate(started)
+                self._evaluate()
         if s.evals == 0 or s.last_eval_tokens != s.tokens:
-            self._evaluate(started)  # the run always ends on an evaluation of its final weights
+            self._evaluate()  # the run always ends on an evaluation of its final weights
 
-    def _plan_flops(self, started: float, mark: tuple[float, int]) -> None:
+    def _plan_flops(self, mark: tuple[float, int]) -> None:
         now, s = time.perf_counter(), self.state
         assert self.budget.max_seconds is not None
         if now - mark[0] < min(RATE_WINDOW_S, 0.2 * self.budget.max_seconds):
             return  # measure the speed a little first (a resumed run may be due at once)
         rate = (s.flops - mark[1]) / (now - mark[0])
-        self.budget = self.budget.planned(s.flops, rate, now - started)
+        self.budget = self.budget.planned(s.flops, rate, self._elapsed())
         s.planned_flops, s.planned_anneal = self.budget.max_flops, self.budget.anneal
 
-    def step_of(self, tokens: int, flops: int) -> int:
-        """A point of the run in the budget's unit (what pruners see as the step)."""
-        return flops if self.budget.unit == "flops" else tokens
-
     def _eval_due(self) -> bool:
-        s, every = self.state, self.budget.eval_every
-        now = self.step_of(s.tokens, s.flops)
-        last = self.step_of(s.last_eval_tokens, s.last_eval_flops)
+        s, every, step_of = self.state, self.budget.eval_every, self.budget.step_of
+        now, last = step_of(s.tokens, s.flops), step_of(s.last_eval_tokens, s.last_eval_flops)
         return now // every > last // every
 
     # -- one update -------------------------------------------------------------------------
@@ -354,7 +434,7 @@ class Trainer:
     def _forward(self, start: int, new: int, end: int) -> torch.Tensor:
         """Run positions [start, end) in fused chunks; keep states where later spans start."""
         stream = self.corpus.train  # (T, B)
-        hidden = self._states[start]
+        hidden = self._carried[start]
         cuts = {a for a in self._future_starts(end) if a >= new and a > start}
         bounds = [start, *sorted(cuts), end]
         chunks = []
@@ -364,9 +444,9 @@ class Trainer:
                     tensor.register_hook(self.error_clip.hook)
             logits, hidden = self.model(stream[lo:hi], hidden)  # (hi - lo, B, V)
             # Stored detached: the value seeds a later span, whose backward must stop there.
-            self._states[hi] = detach(hidden)
+            self._carried[hi] = detach(hidden)
             chunks.append(logits)
-        return torch.cat(chunks)  # (end - start, B, V)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (end - start, B, V)
 
     def _loss(self, logits: torch.Tensor, end: int, k1: int) -> torch.Tensor:
         stream = self.corpus.train
@@ -376,14 +456,14 @@ class Trainer:
             logits[-k1:].flatten(0, 1), stream[end - k1 + 1 : end + 1].flatten()
         )
 
-    def update(self, started: float | None = None) -> None:
+    def update(self) -> None:
         """One TBPTT update: k1 new steps, gradient through the last k2 (see the module doc)."""
         window = self._take_window()
         if self.state.position + window.k1 + 1 > self.corpus.train.size(0):
             # End of the streams: start the next pass from the top with a fresh state, since
             # the state at the end of a stream says nothing about its beginning.
             self.state.position = 0
-            self._reset_states()
+            self._reset_carried()
         new = self.state.position
         end = new + window.k1
         start = max(0, end - window.k2)
@@ -392,62 +472,63 @@ class Trainer:
             self.error_clip.reset()
         logits = self._forward(start, new, end)
         loss = self._loss(logits, end, window.k1)
-        self._step(loss, window, end - start, started)
+        self._step(loss, window, end - start)
         self._forget_unneeded(end)
 
-    def _step(
-        self, loss: torch.Tensor, window: Window, span: int, started: float | None
-    ) -> None:
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise StopRun(f"non-finite loss at token {self.state.tokens}")
+    def _measure(self, loss: torch.Tensor, end: int) -> dict[str, float]:
+        """The loss, the hidden norm at ``end`` and the gradient norms (``grad_norm_<part>``,
+        and ``grad_norm`` in all), read from the device in one transfer: per-value reads cost a
+        host round trip each, a few percent of a small model's update."""
+        values = torch.cat([
+            loss.detach().reshape(1), hidden_norm(self._carried[end]).reshape(1),
+            grad_norms(self.model),
+        ]).tolist()  # fmt: skip
+        names = ["loss", "hidden_norm", *(f"grad_norm_{p}" for p in self._parts), "grad_norm"]
+        return dict(zip(names, values, strict=True))
+
+    def _step(self, loss: torch.Tensor, window: Window, span: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        layers = layer_grad_norms(self.model)
-        clip = self.clipper(self.model.parameters())
+        s = self.state
+        measured = self._measure(loss, s.position + window.k1)
+        if not math.isfinite(measured["loss"]):
+            raise StopRun(f"non-finite loss at token {s.tokens}")
+        clip = self.clipper(self.model.parameters(), measured.pop("grad_norm"))
         if not math.isfinite(clip.norm_before):
-            raise StopRun(f"non-finite gradient norm at token {self.state.tokens}")
-        anneal = self.budget.lr_factor(self.state.tokens, self.state.flops)
+            raise StopRun(f"non-finite gradient norm at token {s.tokens}")
+        anneal = self.budget.lr_factor(s.tokens, s.flops)
         with scaled_lr(self.optimizer, window.lr_scale * anneal) as lr:
             self.optimizer.step()
-        self.state.position += window.k1
-        self.state.tokens += window.k1 * self.corpus.train.size(1)
-        self.state.flops += update_flops(self._n_eff, self.corpus.train.size(1), span)
-        self.state.updates += 1
+        s.position, s.updates = s.position + window.k1, s.updates + 1
+        s.tokens += window.k1 * self.corpus.train.size(1)
+        s.flops += update_flops(self._n_eff, self.corpus.train.size(1), span)
+        self._record_step(window, measured, clip, lr)
+        reason = self.divergence.after_update(s, measured["loss"])
+        if reason:
+            raise StopRun(reason)
+
+    def _record_step(
+        self, window: Window, measured: dict[str, float], clip: ClipResult, lr: float
+    ) -> None:
+        """The update's row of ``steps`` (its columns: tbptt/metrics.py)."""
+        s, parts = self.state, {k: v for k, v in measured.items() if k.startswith("grad_norm_")}
         row: dict[str, Any] = dict(
-            tokens=self.state.tokens, flops=self.state.flops, update=self.state.updates,
-            loss=loss_value,
+            tokens=s.tokens, flops=s.flops, update=s.updates, loss=measured["loss"],
             grad_norm=clip.norm_before, grad_norm_clipped=clip.norm_after, clipped=clip.clipped,
-            lr=lr, k1=window.k1, k2=window.k2, hidden_norm=hidden_norm(self.hidden),
+            lr=lr, k1=window.k1, k2=window.k2, hidden_norm=measured["hidden_norm"], **parts,
         )  # fmt: skip
-        row.update({f"grad_norm_{name}": norm for name, norm in layers.items()})
         if self.error_clip is not None:
             stats = self.error_clip.stats()
             row.update(
                 error_clipped=stats.clipped, error_max=stats.max_abs, error_mean=stats.mean_abs
             )
-        row["elapsed_s"] = time.perf_counter() - started if started is not None else math.nan
+        row["elapsed_s"] = self._elapsed()
         self.log.add("steps", **row)
-        self._watch_divergence(loss_value)
 
     def _forget_unneeded(self, end: int) -> None:
         keep = self._future_starts(end) | {end}
-        for pos in [p for p in self._states if p not in keep]:
-            del self._states[pos]
-
-    def _watch_divergence(self, loss: float) -> None:
-        s, d = self.state, self.divergence
-        s.loss_ema = (
-            loss if math.isnan(s.loss_ema) else s.loss_ema + EMA_ALPHA * (loss - s.loss_ema)
-        )
-        s.best_loss_ema = min(s.best_loss_ema, s.loss_ema)
-        if d.factor is None or s.tokens < d.warmup_tokens:
-            return
-        if s.loss_ema > max(d.factor * s.best_loss_ema, s.best_loss_ema + DIVERGENCE_MARGIN):
-            raise StopRun(
-                f"diverged at token {s.tokens}: training loss {s.loss_ema:.3f} > "
-                f"{d.factor} x best {s.best_loss_ema:.3f}"
-            )
+        for pos in [p for p in self._carried if p not in keep]:
+            del self._carried[pos]
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -457,141 +538,76 @@ class Trainer:
             self.model, self.corpus.val, self.budget.eval_max_tokens, self.budget.eval_length
         )
 
-    def measure_flow(self) -> list[float]:
-        """||dL_t / dh_{t-j}||, j = 0..k2, on the first validation window after a warm-up."""
-        self.model.eval()
-        val = self.corpus.val
-        lags = min(self.schedule.nominal.k2, val.size(0) - 2)
-        if lags < 1:
-            return []  # a validation split too short to unroll
-        warm = min(self.budget.eval_length, val.size(0) - lags - 2)
-        hidden = self.model.init_hidden(val.size(1))
-        if warm > 0:
-            with torch.no_grad():
-                _, hidden = self.model(val[:warm], hidden)
-        x = val[warm : warm + lags + 1]
-        return gradient_flow(self.model, x, val[warm + 1 : warm + lags + 2], hidden)
-
-    def _record_flow(self) -> float:
-        if not self.grad_flow:
-            return math.nan
-        norms = self.measure_flow()
-        factor = decay_factor(norms)
-        for lag, norm in enumerate(norms):
-            self.log.add(
-                "grad_flow", tokens=self.state.tokens, lag=lag, grad_norm=norm,
-                decay_factor=factor,
-            )  # fmt: skip
-        return factor
-
-    def _val_diverged(self, loss: float) -> bool:
-        factor, best = self.divergence.factor, self.state.best_val_loss
-        if factor is None or not math.isfinite(best):
-            return False
-        limit = max(factor * best, best + DIVERGENCE_MARGIN)
-        return self.state.tokens >= self.divergence.warmup_tokens and loss > limit
-
-    def _evaluate(self, started: float) -> None:
-        loss = self.evaluate()
-        factor = self._record_flow()
-        s = self.state
-        s.evals += 1
-        s.last_eval_tokens, s.last_eval_flops = s.tokens, s.flops
-        s.last_val_loss = loss
-        diverged = self._val_diverged(loss)
-        improved = math.isfinite(loss) and loss < s.best_val_loss
-        s.best_val_loss = loss if improved else s.best_val_loss
-        s.elapsed = time.perf_counter() - started
-        self.log.add(
-            "evals", tokens=s.tokens, flops=s.flops, val_loss=loss, val_bpc=loss / LN2,
-            decay_factor=factor, elapsed_s=s.elapsed,
-        )  # fmt: skip
+    def _evaluate(self) -> None:
+        """Measure, record, save, then judge: a non-finite or diverged loss stops the run
+        (after its checkpoint); an evaluation that stands goes to the ``on_eval`` callbacks."""
+        loss, s = self.evaluate(), self.state
+        best_before = s.best_val_loss
+        point = self._advance(loss)
+        row = dict(tokens=s.tokens, flops=s.flops, val_loss=loss, val_bpc=loss / LN2,
+                   decay_factor=math.nan)  # fmt: skip
+        for handler in self._handlers[Events.MEASURED]:
+            row.update(handler(self, point) or {})
+        s.elapsed = self._elapsed()
+        self.log.add("evals", **row, elapsed_s=s.elapsed)
         self.log.flush()
-        self._save_checkpoints(improved)
+        for handler in self._handlers[Events.RECORDED]:
+            handler(self, point)
         if not math.isfinite(loss):
             raise StopRun(f"non-finite validation loss at token {s.tokens}")
-        if diverged:
-            raise StopRun(f"diverged at token {s.tokens}: validation loss {loss:.3f}")
-        final = self.budget.spent(s.tokens, s.flops, s.elapsed)
-        point = EvalPoint(s.tokens, s.flops, self.step_of(s.tokens, s.flops), loss, final)
+        reason = self.divergence.after_eval(s, loss, best_before)
+        if reason:
+            raise StopRun(reason)
         for callback in self.on_eval:
             callback(point)
 
-    # -- checkpoints --------------------------------------------------------------------------
-
-    def _save_checkpoints(self, improved: bool) -> None:
-        if self.checkpoint_path is None:
-            return
-        self.save(self.checkpoint_path)
-        if improved:  # small corpora overfit within minutes: keep the best weights, not the last
-            self.save_best(self.checkpoint_path.with_name(BEST_CHECKPOINT))
-
-    def save_best(self, path: Path) -> None:
-        """The model alone (what sampling and evaluation need), and where it was taken."""
+    def _advance(self, loss: float) -> EvalPoint:
+        """Count the evaluation in ``state``; where it stands."""
         s = self.state
-        at = {"tokens": s.tokens, "flops": s.flops, "val_loss": s.last_val_loss}
-        checkpoint.save({"model": self.model.state_dict(), "meta": self.meta, "at": at}, path)
-
-    def save(self, path: Path) -> None:
-        checkpoint.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "ahead": [(w.k1, w.k2, w.lr_scale) for w in self._ahead],
-                "state": asdict(self.state),
-                "states": self._states,
-                "rng": checkpoint.rng_state(),
-                "meta": self.meta,
-            },
-            path,
+        before = self.budget.fraction(s.last_eval_tokens, s.last_eval_flops) if s.evals else 0.0
+        s.evals += 1
+        s.last_eval_tokens, s.last_eval_flops, s.last_val_loss = s.tokens, s.flops, loss
+        improved = math.isfinite(loss) and loss < s.best_val_loss
+        s.best_val_loss = loss if improved else s.best_val_loss
+        return EvalPoint(
+            tokens=s.tokens,
+            flops=s.flops,
+            step=self.budget.step_of(s.tokens, s.flops),
+            val_loss=loss,
+            improved=improved,
+            final=self.budget.spent(s.tokens, s.flops, self._elapsed()),
+            spent=self.budget.fraction(s.tokens, s.flops),
+            spent_before=before,
         )
 
-    def _check_resumable(self, path: Path, payload: dict[str, Any]) -> None:
-        """A checkpoint to continue from, written under this run's settings (``meta``)."""
-        missing = [key for key in RESUME_KEYS if key not in payload]
-        if missing:
-            raise ConfigError(
-                f"trainer.resume: {path} holds no {missing[0]} (weights only, as best.pt): "
-                "it cannot be resumed"
-            )
-        stored, mine = payload.get("meta", {}).get("settings"), self.meta.get("settings")
-        if stored is not None and mine is not None and stored != mine:
-            raise ConfigError(
-                f"trainer.resume: {path} was written with {differences(stored, mine)}: resume "
-                "with those settings, or train in a new run directory"
-            )
+    # -- what a checkpoint holds (tbptt/checkpoint.py writes and reads it) -------------------
 
-    def resume(self, path: Path) -> None:
-        """Continue from a checkpoint: metrics after resuming equal an uninterrupted run's."""
-        payload = checkpoint.load(path, key="trainer.resume")
-        self._check_resumable(path, payload)
-        try:
-            self.model.load_state_dict(payload["model"])
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-            raise ConfigError(
-                f"trainer.resume: {path} was written for another model shape ({first})"
-            ) from None
-        try:
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.schedule.load_state_dict(payload["schedule"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:  # an older checkpoint
-            raise ConfigError(
-                f"trainer.resume: {path} was written with another optimizer or schedule ({err})"
-            ) from None
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ahead": [(w.k1, w.k2, w.lr_scale) for w in self._ahead],
+            "state": asdict(self.state),
+            "states": self._carried,  # (the key older checkpoints have)
+            "rng": checkpoint.rng_state(),
+            "meta": self.meta,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Continue from ``payload`` (``state_dict``): what follows equals an uninterrupted
+        run. A payload that does not fit this trainer raises ValueError or RuntimeError."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
         self._ahead = deque(Window(*w) for w in payload["ahead"])
         self.state = TrainState(**payload["state"])
         if self.state.planned_flops is not None and self.budget.by_time:
             anneal = self.state.planned_anneal or 0.0
             self.budget = replace(self.budget, max_flops=self.state.planned_flops, anneal=anneal)
         device = self.corpus.train.device
-        self._states = {pos: _to(h, device) for pos, h in payload["states"].items()}
+        self._carried = {pos: _to(h, device) for pos, h in payload["states"].items()}
         checkpoint.set_rng_state(payload["rng"])
-        self.log.restore(up_to_tokens=self.state.tokens)
-
-
-RESUME_KEYS = ("model", "optimizer", "schedule", "ahead", "state", "states", "rng")
 
 
 def _to(hidden: Hidden, device: torch.device) -> Hidden:

@@ -56,13 +56,13 @@ def sweep(tmp: Path, runs: list[dict[str, Any]], setting: dict | None = None) ->
     trials["phase"] = trials["phase"].astype("string")
     columns = ["trial", "tokens", "flops", "val_loss"]
     return SweepResults(
-        tmp,
-        "optuna",
-        trials,
-        pd.DataFrame(),
-        pd.DataFrame(evals, columns=columns),
-        pd.DataFrame(),
-        None,
+        path=tmp,
+        kind="optuna",
+        trials=trials,
+        steps=pd.DataFrame(),
+        evals=pd.DataFrame(evals, columns=columns),
+        grad_flow=pd.DataFrame(),
+        study=None,
     )
 
 
@@ -145,7 +145,7 @@ def test_comparisons_say_when_the_seeds_cannot_tell(a, b, start):
 
 
 def test_a_tie_has_a_zero_interval():
-    assert paired_difference([2.0] * 3, [2.0] * 3) == Difference(0.0, 0.0, 0.0, 3)
+    assert paired_difference([2.0] * 3, [2.0] * 3) == Difference(mean=0.0, low=0.0, high=0.0, n=3)
 
 
 def bptt(rate: float, clip: str, length: int, seed: int, final: float, **run: Any) -> dict:

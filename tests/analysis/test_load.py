@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from analysis.load import STATES, SweepResults, load
+from analysis.load import METRIC_COLUMNS, STATES, TRIAL_COLUMNS, SweepResults, load
 from sweeps.outputs import trials_frame
 from tbptt.errors import ConfigError
 from tbptt.metrics import write_parquet
@@ -28,31 +28,9 @@ from tests.analysis.sweep_dirs import (
 )
 from tests.conftest import ROOT, TINY
 
-TRIAL_DTYPES = {
-    "number": "int64", "state": "category", "value": "float64", "phase": "string",
-    "parent": "Int64", "tokens": "Int64", "flops": "Int64", "wall_seconds": "float64",
-    "full_val_loss": "float64", "test_loss": "float64", "stop_reason": "string",
-    "stopped_at": "Int64",
-    "retry_of": "Int64", "worker": "string", "datetime_start": "datetime64[ns]",
-    "datetime_complete": "datetime64[ns]", "job_dir": "string", "overrides": "string",
-}  # fmt: skip
-METRIC_DTYPES = {
-    "steps": {
-        "trial": "int64", "tokens": "int64", "flops": "int64", "update": "int64",
-        "loss": "float64", "grad_norm": "float64", "grad_norm_clipped": "float64",
-        "clipped": "bool",
-        "lr": "float64", "k1": "int64", "k2": "int64", "hidden_norm": "float64",
-        "elapsed_s": "float64",
-    },
-    "evals": {
-        "trial": "int64", "tokens": "int64", "flops": "int64", "val_loss": "float64",
-        "val_bpc": "float64", "decay_factor": "float64", "elapsed_s": "float64",
-    },
-    "grad_flow": {
-        "trial": "int64", "tokens": "int64", "lag": "int64", "grad_norm": "float64",
-        "decay_factor": "float64",
-    },
-}  # fmt: skip
+# The one schema (tbptt/metrics.py, sweeps/outputs.py), as analysis.load gives it.
+TRIAL_DTYPES = {k: "category" if k == "state" else v for k, v in TRIAL_COLUMNS.items()}
+METRIC_DTYPES = METRIC_COLUMNS
 MIXED_PARAM_DTYPES = {
     "param.optim.lr": "float64", "param.clip": "string", "param.clip.max_norm": "float64",
     "param.bptt.length": "Int64",

@@ -65,13 +65,13 @@ def pruned_sweep(n: int = 14) -> SweepResults:
     trials = pd.DataFrame(rows)
     trials["state"] = pd.Categorical(trials["state"], ["complete", "pruned", "fail"])
     return SweepResults(
-        None,
-        "optuna",
-        trials,
-        pd.DataFrame(),
-        pd.DataFrame(evals),  # type: ignore[arg-type]
-        pd.DataFrame(),
-        study,
+        path=None,  # type: ignore[arg-type]
+        kind="optuna",
+        trials=trials,
+        steps=pd.DataFrame(),
+        evals=pd.DataFrame(evals),  # type: ignore[arg-type]
+        grad_flow=pd.DataFrame(),
+        study=study,
     )
 
 

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 BENCHMARKS = {
     "throughput", "limit", "tbptt k1<k2", "tbptt memory", "orchestration", "scaling", "search",
-    "payoff",
+    "payoff", "bookkeeping", "swept",
 }  # fmt: skip
 COLUMNS = ["benchmark", "case", "metric", "median", "min", "max", "repeats", "unit"]
 

@@ -10,9 +10,10 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and refuses
     new ones until ``restore()``.
 
-    Example:
-        >>> with TcpProxy(("127.0.0.1", 5432)) as proxy:
-        ...     url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
+    Example (tests/sweeps/test_shared_storage.py, with a PostgreSQL server)::
+
+        with TcpProxy(("127.0.0.1", 5432)) as proxy:
+            url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
     """
 
     def __init__(self, target: tuple[str, int]) -> None:

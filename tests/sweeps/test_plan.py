@@ -24,6 +24,7 @@ from sweeps.plan import (
 from sweeps.policy import BudgetPolicy, TrialMaker, phase_of
 from sweeps.space import Param, SearchSpace
 from sweeps.worker import SCORE_ATTRS, TrialJob, TrialOutcome
+from tbptt.contract import End
 from tbptt.errors import ConfigError
 
 
@@ -152,9 +153,9 @@ class FakePool:
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         outcome = TrialOutcome(
-            job.number, state, value, None, str(job.number), flops=flops, seconds=seconds,
-            train_seconds=seconds - START_SECONDS,
-        )
+            number=job.number, state=End(state), value=value, job_dir=str(job.number),
+            flops=flops, seconds=seconds, train_seconds=seconds - START_SECONDS,
+        )  # fmt: skip
         return end, outcome
 
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from sweeps.progress import Progress
 from sweeps.worker import TrialOutcome, drop_console_handlers
+from tbptt.contract import End
 from tests.conftest import ROOT, TINY
 
 HYDRA_JOB_LOGGING = Path(hydra.__file__).parent / "conf" / "hydra" / "job_logging"
@@ -36,9 +37,9 @@ def finish(study: optuna.Study, value: float | None) -> TrialOutcome:
     trial = study.ask()
     if value is None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return TrialOutcome(trial.number, "PRUNED", None, "pruned at token 256", "")
+        return TrialOutcome(number=trial.number, state=End.PRUNED, reason="pruned at token 256")
     study.tell(trial, value)
-    return TrialOutcome(trial.number, "COMPLETE", value, None, "")
+    return TrialOutcome(number=trial.number, state=End.COMPLETE, value=value)
 
 
 def test_on_a_terminal_each_finished_trial_is_a_line_above_the_bar():

@@ -125,7 +125,7 @@ def test_the_splits_partition_the_corpus(tiny_cfg):
     from tbptt.train import typed
 
     data = typed(tiny_cfg("data.val_fraction=0.1", "data.test_fraction=0.2"))["data"]
-    corpus = data.corpus(window=8)
+    corpus = data.build(window=8)
     total = 20_000  # data.length of the count corpus
     assert corpus.val.numel() == pytest.approx(0.1 * total, abs=2 * 2)
     assert corpus.test.numel() == pytest.approx(0.2 * total, abs=2 * 2)

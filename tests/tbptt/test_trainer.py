@@ -32,7 +32,7 @@ def test_state_is_carried_across_windows_but_detached(tiny_cfg, tmp_path):
 
     trainer.model.forward = recording_forward
     for _ in range(3):
-        trainer.update(started=0.0)
+        trainer.update()
     incoming, outgoing = seen[2::2], seen[1:-1:2]
     for given, previous in zip(incoming, outgoing, strict=True):
         assert given.grad_fn is None and given.is_leaf  # the graph was cut...
@@ -41,14 +41,14 @@ def test_state_is_carried_across_windows_but_detached(tiny_cfg, tmp_path):
 
 def test_gradients_equal_a_one_window_reference(tiny_cfg, tmp_path):
     trainer = build_trainer(tiny_cfg("clip=none", "model.dropout=0.0"), tmp_path, [])
-    trainer.update(started=0.0)
+    trainer.update()
     reference = copy.deepcopy(trainer.model)
     start = detach(trainer.hidden)
     i, k = trainer.state.position, trainer.schedule.next().k1
     x, y = trainer.corpus.train[i : i + k], trainer.corpus.train[i + 1 : i + k + 1]
     logits, _ = reference(x, start)
     F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
-    trainer.update(started=0.0)
+    trainer.update()
     for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
@@ -124,7 +124,7 @@ def test_stored_states_stay_bounded_by_k2_not_by_the_stream(tiny_cfg, tmp_path):
     sizes = []
     for _ in range(60):
         trainer.update()
-        sizes.append(len(trainer._states))
+        sizes.append(len(trainer._carried))
     assert max(sizes) == (9 - 2) // 2 + 2  # the current state + one per later span start
 
 

@@ -96,8 +96,9 @@ class Reference:
         model: a copy of the trained model, taken before training (its weights never change).
         train: the (T, B) training stream.
 
-    Example:
-        >>> Reference(copy.deepcopy(model), train).grads(p=6, k1=3, cut=7, window="k1")
+    Example (``build`` below makes both)::
+
+        Reference(copy.deepcopy(model), train).grads(p=6, k1=3, cut=7, window="k1")
     """
 
     def __init__(self, model: CharRNN, train: torch.Tensor) -> None:
