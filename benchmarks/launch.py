@@ -34,13 +34,17 @@ class Launch:
         return self.ended - self.started
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child ``python``: the repository importable, Hydra's full errors."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONPATH": path}
+
+
 def launch(args: list[str], timeout: float = 900) -> Launch:
     """Run ``python ARGS`` from the repository root; fail with its stderr's tail."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONPATH": path}
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
     ended = time.time()

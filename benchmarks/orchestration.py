@@ -11,6 +11,10 @@
   home through the storage. Slurm where ``sbatch`` answers (``.ci/slurm.sh`` starts a one-node
   cluster), Ray where it imports (a local Ray, started by the launcher).
 
+``first_steps``: a training trial's start-up, from ``ask`` to its first training step (data
+included), ours (a worker's first trial, and the warm ones after it) against a process per
+trial.
+
 Per launch: wall per trial, total (the launch's wall / trials) and steady (first to last
 completion / (trials - 1): no process or worker start), startup (launch to the first job's
 entry), start latency (a trial's start, i.e. ``ask``, to its job's entry: Hydra's
@@ -42,6 +46,7 @@ from benchmarks.common import Row, alternating, ratios, summarize, timed
 from benchmarks.launch import TOY_APP, Launch, complete, job_started, launch, start, study_trials
 from sweeps.config import NopPrunerConfig, TPESamplerConfig
 from sweeps.storage import open_storage
+from tbptt.contract import read_result
 
 BENCH = "orchestration"
 REPORTS = 20
@@ -66,7 +71,62 @@ def run(smoke: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as tmp:
         for jobs in s.jobs:
             rows += _compare(s, jobs, Path(tmp) / f"jobs{jobs}")
+        rows += first_steps(s, Path(tmp) / "first-step", smoke)
     return rows
+
+
+# A small model of the training app on the real corpus (the toy app trains nothing): each
+# trial reads, encodes and batches it, unless its worker kept it from the trial before.
+TRAIN_APP = [
+    "-m", "tbptt.train", "model.hidden_size=16", "model.embed_size=8", "model.layers=1",
+    "bptt.length=16", "data.batch_size=8", "trainer.max_tokens=2048",
+    "trainer.eval_every_tokens=1024", "trainer.eval_max_tokens=256", "trainer.device=cpu",
+]  # fmt: skip
+
+
+def first_steps(s: Settings, root: Path, smoke: bool) -> list[Row]:
+    """Start-up of a training trial: from its start (``ask`` in our sweep; the process launch
+    for a spawn per trial) to its first training step (``result.json``'s ``started_at``), on
+    the Shakespeare corpus (``data=count`` in smoke mode). Ours: a worker's first trial (cold:
+    imports, the corpus) and the rest (warm), medians over the repeats' sweeps."""
+    data = ["data=count"] if smoke else []
+    cold, warm, spawned = [], [], []
+    for repeat, arm in alternating(["ours", "spawn per trial"], s.repeats):
+        where = root / f"{arm.replace(' ', '-')}-{repeat}"
+        if arm == "ours":
+            latencies = sweep_first_steps(where, s.trials, data)
+            cold.append(latencies[0])
+            warm.append(statistics.median(latencies[1:]))
+        else:
+            spawned.append(spawn_first_step(where, data))
+    case, metric = f"a training trial's start, {s.trials} trials, n_jobs=1", "start to first step"
+    return [
+        summarize(BENCH, case, f"ours, warm: {metric}", warm, "s"),
+        summarize(BENCH, case, f"ours, a worker's first trial: {metric}", cold, "s"),
+        summarize(BENCH, case, f"spawn per trial: {metric}", spawned, "s"),
+        summarize(BENCH, case, f"{metric}: ours warm / spawn", ratios(warm, spawned), "ratio"),
+    ]
+
+
+def sweep_first_steps(sweep_dir: Path, trials: int, data: list[str]) -> list[float]:
+    """Seconds from each trial's ``ask`` to its first step, in trial order."""
+    launch([*TRAIN_APP, *data, "hydra/sweeper=optuna", "hydra/sweeper/pruner=none",
+            f"hydra.sweep.dir={sweep_dir}", "optim.lr=tag(log,interval(1e-3,1e-2))",
+            f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.n_jobs=1"])  # fmt: skip
+    done = sorted(study_trials(sweep_dir), key=lambda t: t.number)
+    return [first_step(Path(t.user_attrs["job_dir"])) - start(t) for t in done]
+
+
+def spawn_first_step(run_dir: Path, data: list[str]) -> float:
+    started = launch([*TRAIN_APP, *data, f"hydra.run.dir={run_dir}"]).started
+    return first_step(run_dir) - started
+
+
+def first_step(job_dir: Path) -> float:
+    result = read_result(job_dir)
+    if result is None or result.started_at is None:
+        raise RuntimeError(f"{job_dir}: no result.json with started_at")
+    return result.started_at
 
 
 def _compare(s: Settings, jobs: int, root: Path) -> list[Row]:

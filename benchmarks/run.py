@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import (
+    bookkeeping,
     memory,
     orchestration,
     overlap,
@@ -27,13 +28,14 @@ from benchmarks import (
     report,
     scaling,
     search,
+    swept,
     throughput,
 )
 from benchmarks.common import ROOT, Row
 
-IN_PROCESS: list[Callable[[bool], list[Row]]] = [throughput.run, overlap.run]
+IN_PROCESS: list[Callable[[bool], list[Row]]] = [throughput.run, overlap.run, swept.run]
 CHILD_PROCESSES: list[Callable[[bool], list[Row]]] = [
-    memory.run, orchestration.run, scaling.run, search.run,
+    memory.run, orchestration.run, scaling.run, search.run, bookkeeping.run,
 ]  # fmt: skip
 # A budgeted sweep plans from its start-up time: in smoke mode it runs once the others are
 # done, so that their load does not eat its budget.
