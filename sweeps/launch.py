@@ -34,8 +34,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.agent import AGENTS_DIR, STOP_ATTR
 from sweeps.internals import job_error
+from sweeps.ledger import Ledger
 from sweeps.outputs import SweepOutputs
-from sweeps.policy import JOB_ATTRS, Transfer, counted, done
+from sweeps.policy import JOB_ATTRS, Transfer, counted
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
@@ -171,15 +172,20 @@ class AgentSweep:
     transfer: Transfer | None = None  # once the search has ended, its best trained on longer
     compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
     failures: list[str] = field(default_factory=list)
+    _ledger: Ledger = field(init=False, repr=False)
     _agents: list[Launched] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._ledger = Ledger(self.study)
 
     def run(self) -> None:
         self.study.set_user_attr(STOP_ATTR, False)
         self._enqueue()
         self._unpack_earlier()
         progress = Progress(self.settings.n_trials)
-        progress.start(self.study, done(self.study.get_trials(deepcopy=False)))
+        self._ledger.refresh()
+        progress.start(self._ledger)
         try:
             self._watch(progress)
         finally:
@@ -203,14 +209,13 @@ class AgentSweep:
             self._launch()
         while True:
             self._recover()
-            trials = self.study.get_trials(deepcopy=False)  # one look: every decision below
-            for outcome in self._collect(trials):
-                progress.finished(self.study, outcome, done(trials))
+            self._ledger.refresh()  # one look: every decision below
+            for outcome in self._collect(self._ledger.trials):
+                progress.finished(self._ledger, outcome)
             if self._too_many_failures():
                 self.stop()
             stopping = self._stopping()
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            running = any(t.state == TrialState.RUNNING for t in trials)
+            waiting, running = self._ledger.waiting(), self._ledger.running()
             if not running and (stopping or not waiting):
                 if stopping or not self._enqueue_transfer():
                     break
@@ -288,7 +293,7 @@ class AgentSweep:
                 continue
             self._seen.add(trial.number)
             self._unpack(trial)
-            self.outputs.record(self.study, trial.number)
+            self.outputs.record(self.study, trial.number, self._ledger)
             outcome = outcome_of(trial)
             if outcome.state == End.FAIL and not trial.user_attrs.get(INTERRUPTED):
                 self.failures.append(f"trial {trial.number}: {outcome.reason}")

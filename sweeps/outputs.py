@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.ledger import Ledger
 from sweeps.storage import mask_url
 from tbptt.errors import ConfigError
 from tbptt.metrics import TABLES, atomic_path, atomic_write_bytes, write_parquet
@@ -95,20 +96,10 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     return row
 
 
-def replay(trial: FrozenTrial) -> list[str]:
+def replay(trial: FrozenTrial | optuna.Trial) -> list[str]:
     """The overrides that reproduce ``trial`` as one uninterrupted run (a continuation's own
     overrides resume a checkpoint; its replay trains from scratch to the same end)."""
     return list(trial.user_attrs.get("replay", trial.user_attrs.get("overrides", [])))
-
-
-def final_trial(study: optuna.Study) -> FrozenTrial | None:
-    """A budgeted sweep's final model: its completed, scored final run (None: none yet)."""
-    finals = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.user_attrs.get("phase") == "final" and "test_loss" in t.user_attrs
-    ]
-    return finals[-1] if finals else None
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -234,16 +225,19 @@ class SweepOutputs:
             if trial.state.is_finished():
                 self._record_parts(trial, recorded)
 
-    def record(self, study: optuna.Study, number: int) -> None:
-        """Trial ``number`` has finished: its parts, and the tables when due."""
-        self._record_parts(study.get_trials(deepcopy=False)[number])
-        self._write_trials(study, force=False)
-        self._write_best(study)
+    def record(self, study: optuna.Study, number: int, ledger: Ledger | None = None) -> None:
+        """Trial ``number`` has finished: its parts, and the tables when due (``ledger``: the
+        sweep's, refreshed since; None: the study is read now)."""
+        ledger = ledger or _read(study)
+        self._record_parts(ledger.trials[number])
+        self._write_trials(ledger.trials, force=False)
+        self._write_best(ledger)
 
     def write(self, study: optuna.Study) -> None:
         """Every table as the study stands now (the sweep ends, or stops)."""
-        self._write_trials(study, force=True)
-        self._write_best(study)
+        ledger = _read(study)
+        self._write_trials(ledger.trials, force=True)
+        self._write_best(ledger)
 
     # -- the metric datasets ------------------------------------------------------------------
 
@@ -307,35 +301,34 @@ class SweepOutputs:
 
     # -- trials.parquet and best.yaml ---------------------------------------------------------
 
-    def _write_trials(self, study: optuna.Study, force: bool) -> None:
+    def _write_trials(self, trials: list[FrozenTrial], force: bool) -> None:
         if not force and time.monotonic() < self._next_rewrite:
             return
         started = time.monotonic()
-        write_parquet(pd.DataFrame(self._trial_rows(study)), self._dir / "trials.parquet")
+        write_parquet(pd.DataFrame(self._trial_rows(trials)), self._dir / "trials.parquet")
         took = time.monotonic() - started
         self._next_rewrite = started + took / REWRITE_SHARE
 
-    def _trial_rows(self, study: optuna.Study) -> list[dict[str, Any]]:
+    def _trial_rows(self, trials: list[FrozenTrial]) -> list[dict[str, Any]]:
         rows = []
-        for trial in study.get_trials(deepcopy=False):
+        for trial in trials:
             row = self._rows.get(trial.number) or trial_row(trial)
             if trial.state.is_finished():  # a finished trial never changes: build it once
                 self._rows[trial.number] = row
             rows.append(row)
         return rows
 
-    def _write_best(self, study: optuna.Study) -> None:
-        doc = self._best_doc(study)
+    def _write_best(self, ledger: Ledger) -> None:
+        doc = self._best_doc(ledger)
         if doc is not None and doc != self._best:
             text = yaml.safe_dump(doc, sort_keys=False).encode()
             atomic_write_bytes(self._dir / "best.yaml", text)
             self._best = doc
 
-    def _best_doc(self, study: optuna.Study) -> dict[str, Any] | None:
-        final = final_trial(study)
-        try:
-            best = final or study.best_trial
-        except ValueError:  # no trial completed yet
+    def _best_doc(self, ledger: Ledger) -> dict[str, Any] | None:
+        final = ledger.final()
+        best = final or ledger.best()
+        if best is None:  # no trial completed yet
             return None
         overrides = replay(best)
         doc: dict[str, Any] = {
@@ -348,8 +341,14 @@ class SweepOutputs:
         }
         if final is not None:
             doc.update(final_model(final))
-        doc.update(study_name=study.study_name, storage=self._storage)
+        doc.update(study_name=ledger.study.study_name, storage=self._storage)
         return doc
+
+
+def _read(study: optuna.Study) -> Ledger:
+    ledger = Ledger(study)
+    ledger.refresh()
+    return ledger
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -20,9 +20,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.internals import storage_of, trial_id
+from sweeps.ledger import PHASE, RETRY_OF, Ledger, counts_towards_total, phase_of
 from sweeps.plan import CANDIDATE, FINAL, SEARCH, TRANSFER, Clock, Observed, Plan, Timeline
 from sweeps.space import SearchSpace, sample, to_overrides
-from sweeps.storage import INTERRUPTED, beat, pop_waiting
+from sweeps.storage import pop_waiting
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
 from tbptt.errors import ConfigError
 
@@ -30,29 +31,17 @@ log = logging.getLogger(__name__)
 USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re-runs
 # A continuation resumes its parent's checkpoint within its time: its replay trains from scratch.
 NOT_REPLAYED = ("trainer.resume=", "trainer.max_seconds=")
-PHASE, PARENT, EXTRA = "phase", "parent", "extra"  # user attrs of enqueued continuations
+PARENT, EXTRA = "parent", "extra"  # user attrs of enqueued continuations (and PHASE)
 JOB_ATTRS = (PHASE, PARENT, EXTRA, "init_from", "threads", "score", "score_file", "target_flops")
 Next = TrialJob | None
 Spec = Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]  # attrs -> overrides, job
 
 
-def phase_of(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get(PHASE, SEARCH))
-
-
 def counted(trials: list[FrozenTrial]) -> int:
-    """Search trials that count towards ``n_trials``: all, except failures that were retried
-    and trials the sweep's own stop cut short (they are re-run)."""
-    retried = {t.user_attrs.get("retried_trial") for t in trials}
-    return sum(
-        1
-        for t in trials
-        if phase_of(t) == SEARCH
-        and (
-            t.state != TrialState.FAIL
-            or (t.number not in retried and not t.user_attrs.get(INTERRUPTED))
-        )
-    )
+    """Search trials that count towards ``n_trials`` (``sweeps.ledger.counts_towards_total``);
+    the sweep process keeps the same count up to date in its ``Ledger``."""
+    retried = {int(r) for t in trials if (r := t.user_attrs.get(RETRY_OF)) is not None}
+    return sum(counts_towards_total(t, retried) for t in trials)
 
 
 def done(trials: list[FrozenTrial]) -> int:
@@ -101,12 +90,13 @@ class TrialMaker:
         trial = pop_waiting(self.study) if self.pop_only else self.study.ask()
         if trial is None:
             return None
-        beat(storage_of(self.study), trial_id(trial))
         values = sample(trial, self.space, self.compose)
         extra, job = spec(trial.user_attrs)
         overrides = last_per_key([*self.space.fixed, *to_overrides(values), *extra])
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("replay", [o for o in overrides if not o.startswith(NOT_REPLAYED)])
+        replay = [o for o in overrides if not o.startswith(NOT_REPLAYED)]
+        if replay != overrides:  # (sweeps.outputs.replay reads the overrides otherwise)
+            trial.set_user_attr("replay", replay)
         return TrialJob(number=trial.number, trial_id=trial_id(trial), overrides=tuple(overrides),
                         **job)  # fmt: skip
 
@@ -133,14 +123,15 @@ class CountPolicy:
         self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
         self.grid_size, self._grid_done_said = grid_size, False
         self.transfer = transfer
+        self.ledger = Ledger(maker.study)  # what the scheduler reads too
 
     def next_job(self, busy: int) -> Next:
         if self.timeout is not None and self.clock.elapsed() > self.timeout:
             return None
-        trials = self.maker.study.get_trials(deepcopy=False)
-        if any(t.state == TrialState.WAITING for t in trials):  # retries come first
+        self.ledger.refresh()
+        if self.ledger.waiting():  # retries come first
             return self.maker.make(self.job_spec)
-        if counted(trials) < self.n_trials and not self._grid_done(trials):
+        if self.ledger.counted() < self.n_trials and not self._grid_done(self.ledger.trials):
             return self.maker.make(self.job_spec)
         if busy or self.transfer is None:
             return None  # the ranking is known once every search trial has ended
@@ -262,6 +253,7 @@ class BudgetPolicy:
 
     def __init__(self, maker: TrialMaker, timeline: Timeline, n_trials: int, workers: int):
         self.maker, self.timeline, self.n_trials, self.workers = maker, timeline, n_trials, workers
+        self.ledger = Ledger(maker.study)  # what the scheduler reads too
         self.plan: Plan = timeline.plan
         self.phase = self._phase_now()
         self._shared_threads = 1
@@ -335,7 +327,8 @@ class BudgetPolicy:
         return bool(self._trials(phase, (TrialState.WAITING,)))
 
     def _search_open(self) -> bool:
-        if counted(self.study.get_trials(deepcopy=False)) >= self.n_trials:
+        self.ledger.refresh()
+        if self.ledger.counted() >= self.n_trials:
             return False
         return self.timeline.search_open()
 

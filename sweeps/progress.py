@@ -7,40 +7,33 @@ import contextlib
 import logging
 import sys
 import time
-from collections import Counter
 from typing import TextIO
 
-import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sweeps.outputs import final_trial
+from sweeps.ledger import Ledger
 from sweeps.worker import TrialOutcome
 
 
-def counts(study: optuna.Study) -> Counter[str]:
-    return Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-
-
-def result_text(study: optuna.Study) -> str:
+def result_text(ledger: Ledger) -> str:
     """The sweep's answer: the final model of a budgeted sweep (whole-split losses and its
     checkpoint), else the best trial."""
-    final = final_trial(study)
+    final, best = ledger.final(), best_text(ledger.best())
     if final is None:
-        return best_text(study)
+        return best
     attrs = final.user_attrs
     return (
         f"final model (trial {final.number}, continuing trial {attrs.get('parent')}): "
         f"val {attrs['full_val_loss']:.4f}, test {attrs['test_loss']:.4f} nats/char on the "
-        f"whole splits | {best_text(study)} | checkpoint {attrs.get('job_dir')}/best.pt"
+        f"whole splits | {best} | checkpoint {attrs.get('job_dir')}/best.pt"
     )
 
 
-def best_text(study: optuna.Study) -> str:
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def best_text(best: FrozenTrial | None) -> str:
+    if best is None:
         return "best: none yet"
-    best = study.best_trial
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in best.params.items())  # fmt: skip
     return f"best {best.value:.4f} (trial {best.number}: {params})"
@@ -58,12 +51,14 @@ class Progress:
         stream: where to write (stderr by default); a bar only when it is a terminal.
 
     Example:
+        >>> import optuna
         >>> from tbptt.contract import End
         >>> study = optuna.create_study()
         >>> study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2 + 1, n_trials=1)
         >>> progress = Progress(total=40, stream=sys.stdout)  # not a terminal: lines, no bar
         >>> outcome = TrialOutcome(number=0, state=End.COMPLETE, value=study.best_value)
-        >>> progress.finished(study, outcome, done=1); progress.close()
+        >>> ledger = Ledger(study); ledger.refresh()
+        >>> progress.finished(ledger, outcome); progress.close()
         trial 0 complete: value 1... | 1/40 | 1 complete, 0 pruned, 0 failed, 0 running | ...
     """
 
@@ -82,31 +77,31 @@ class Progress:
             loggers = [logging.root, logging.getLogger("optuna")]  # optuna does not propagate
             self._redirect.enter_context(logging_redirect_tqdm(loggers))
 
-    def summary(self, study: optuna.Study) -> str:
-        c = counts(study)
+    def summary(self, ledger: Ledger) -> str:
+        """Counts by state, the best trial and the time so far (``ledger``: refreshed)."""
+        c = ledger.counts()
         elapsed = time.monotonic() - self._started
         return (
             f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
-            f"{c['running']} running | {best_text(study)} | {elapsed:.0f}s"
+            f"{c['running']} running | {best_text(ledger.best())} | {elapsed:.0f}s"
         )
 
-    def start(self, study: optuna.Study, done: int) -> None:
-        self._bar.n = done
-        self._bar.set_postfix_str(self.summary(study), refresh=True)
+    def start(self, ledger: Ledger) -> None:
+        self._bar.n = ledger.done()
+        self._bar.set_postfix_str(self.summary(ledger), refresh=True)
 
-    def finished(self, study: optuna.Study, outcome: TrialOutcome, done: int) -> None:
+    def finished(self, ledger: Ledger, outcome: TrialOutcome) -> None:
+        """One line for the trial that ended (``ledger``: refreshed since it did)."""
+        done, summary = ledger.done(), self.summary(ledger)
         detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
         count = f"{done}/{self._bar.total}" if self._bar.total else f"{done} done"
-        line = (
-            f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | "
-            f"{self.summary(study)}"
-        )
+        line = f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | {summary}"
         if self._bar.disable:
             print(line, file=self._stream, flush=True)
             return
         self._bar.write(line, file=self._stream)
         self._bar.n = done
-        self._bar.set_postfix_str(self.summary(study), refresh=True)
+        self._bar.set_postfix_str(summary, refresh=True)
 
     def close(self) -> None:
         """End the bar (its last state stays on screen) and give logging its console back;

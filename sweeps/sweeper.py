@@ -48,6 +48,7 @@ from sweeps.launch import (
     engine_of,
     launcher_target,
 )
+from sweeps.ledger import Ledger
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import (
     Clock,
@@ -65,7 +66,6 @@ from sweeps.policy import (
     CountPolicy,
     Transfer,
     TrialMaker,
-    done,
 )
 from sweeps.pool import DISK_FULL, Died, Finished, WorkerPool
 from sweeps.progress import Progress, result_text
@@ -229,7 +229,9 @@ class OptunaSweeper(Sweeper):
                 self._recover(study, all_running=False)
                 self._run_agents(study, space, sweep_dir, outputs)
             outputs.write(study)
-        print(result_text(study), file=sys.stderr)
+        answer = Ledger(study)
+        answer.refresh()
+        print(result_text(answer), file=sys.stderr)
         return study
 
     def _study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
@@ -764,12 +766,14 @@ class Scheduler:
     ) -> None:
         self.study, self.policy, self.pool = study, policy, pool
         self.settings, self.outputs = settings, outputs
+        self.ledger = policy.ledger  # refreshed by the policy before it decides, and here
         self.failures: list[str] = []
         self.progress = Progress(settings.n_trials if settings.budget is None else None)
         self.last_beat = self.last_recovery = 0.0
 
     def run(self) -> None:
-        self.progress.start(self.study, self._done())
+        self.ledger.refresh()
+        self.progress.start(self.ledger)
         try:
             self._loop()
         finally:  # an error message, too, starts below the bar, on a plain console
@@ -812,9 +816,6 @@ class Scheduler:
             return False
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
-    def _done(self) -> int:
-        return done(self.study.get_trials(deepcopy=False))
-
     def _too_many_failures(self) -> bool:
         limit = self.settings.max_failures
         return limit is not None and len(self.failures) >= limit
@@ -829,14 +830,15 @@ class Scheduler:
     def _handle(self, event: Finished | Died) -> None:
         outcome = self._worker_died(event) if isinstance(event, Died) else event.result
         self.policy.finished(event.job, outcome)
+        self.ledger.refresh()  # the worker has told the study
         self._record(outcome)
 
     def _record(self, outcome: TrialOutcome) -> None:
         if outcome.state == End.FAIL:
             self.failures.append(f"trial {outcome.number}: {outcome.reason}")
         if outcome.job_dir:
-            self.outputs.record(self.study, outcome.number)
-        self.progress.finished(self.study, outcome, self._done())
+            self.outputs.record(self.study, outcome.number, self.ledger)
+        self.progress.finished(self.ledger, outcome)
 
     def _worker_died(self, event: Died) -> TrialOutcome:
         job: TrialJob = event.job
@@ -859,8 +861,9 @@ class Scheduler:
         self.policy.tick()
         self.outputs.write(self.study)
         self.progress.close()
+        self.ledger.refresh()
         print(
-            f"\ninterrupted: {self.progress.summary(self.study)}\n"
+            f"\ninterrupted: {self.progress.summary(self.ledger)}\n"
             "resume by running the same command again",
             file=sys.stderr,
         )

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from sweeps.compose import Composer
 from sweeps.internals import failed_job, job_error, storage_of, trial_id
+from sweeps.outputs import replay
 from sweeps.shipment import ship
 from sweeps.storage import open_storage
 from tbptt import contract
@@ -416,7 +417,7 @@ def tell(
         if isinstance(value, int | float) and math.isfinite(value):
             trial.set_user_attr(key, value)
     if result.planned_flops is not None:  # a time budget became FLOPs: replay those
-        trial.set_user_attr("replay", planned_replay(trial.user_attrs.get("replay", []), result))
+        trial.set_user_attr("replay", planned_replay(replay(trial), result))
     if outcome.reason:
         key = "fail_reason" if outcome.state == End.FAIL else "stop_reason"
         trial.set_user_attr(key, outcome.reason)

@@ -39,7 +39,7 @@ from tbptt.data import (
 from tbptt.errors import ConfigError, first_line
 from tbptt.model import CharRNN, check_shape
 from tbptt.schedule import FixedSchedule, RandomSchedule, Schedule, UniformSchedule
-from tbptt.trainer import LOSS_WINDOWS, Budget, Divergence
+from tbptt.trainer import Budget, Divergence, check_loss_window
 
 LAST_SPLIT = LastSplit()  # a sweep worker's next trial of the same data reuses it
 
@@ -246,10 +246,7 @@ class BPTTConfig:
     loss_window: str = "k1"  # k1: losses of the last k1 steps | last: the last step only
 
     def __post_init__(self) -> None:  # the trainer takes it, but is built after the data
-        check(
-            self.loss_window in LOSS_WINDOWS,
-            f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}",
-        )
+        check_loss_window(self.loss_window)
 
     def build(self, seed: int) -> Schedule:
         """The schedule; ``seed`` seeds a randomized one's own generator."""

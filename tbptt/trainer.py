@@ -268,6 +268,11 @@ class Events(Enum):
 Handler = Callable[["Trainer", EvalPoint], dict[str, Any] | None]
 
 
+def check_loss_window(window: str) -> None:
+    if window not in LOSS_WINDOWS:
+        raise ValueError(f"bptt.loss_window must be 'k1' or 'last', got {window!r}")
+
+
 def update_flops(n_eff: int, streams: int, span: int) -> int:
     """Training compute of one update: ``span`` = k2 steps (the k1 new ones and the recomputed
     overlap) of ``streams`` characters each, forward (2 x n_eff) and backward (4 x n_eff)."""
@@ -323,8 +328,7 @@ class Trainer:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.loss_window not in LOSS_WINDOWS:
-            raise ValueError(f"bptt.loss_window must be 'k1' or 'last', got {self.loss_window!r}")
+        check_loss_window(self.loss_window)
         self.state = TrainState()
         self._n_eff = self.model.n_eff()
         self._parts = part_names(self.model)

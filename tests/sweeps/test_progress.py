@@ -14,6 +14,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from sweeps.ledger import Ledger
 from sweeps.progress import Progress
 from sweeps.worker import TrialOutcome, drop_console_handlers
 from tbptt.contract import End
@@ -33,20 +34,25 @@ def shown(text: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
 
 
-def finish(study: optuna.Study, value: float | None) -> TrialOutcome:
+def finish(ledger: Ledger, value: float | None) -> TrialOutcome:
+    """A trial of the ledger's study ends with ``value`` (None: pruned); the ledger looks."""
+    study = ledger.study
     trial = study.ask()
     if value is None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return TrialOutcome(number=trial.number, state=End.PRUNED, reason="pruned at token 256")
-    study.tell(trial, value)
-    return TrialOutcome(number=trial.number, state=End.COMPLETE, value=value)
+        outcome = TrialOutcome(number=trial.number, state=End.PRUNED, reason="pruned at token 256")
+    else:
+        study.tell(trial, value)
+        outcome = TrialOutcome(number=trial.number, state=End.COMPLETE, value=value)
+    ledger.refresh()
+    return outcome
 
 
 def test_on_a_terminal_each_finished_trial_is_a_line_above_the_bar():
-    study, terminal = optuna.create_study(), FakeTerminal()
+    ledger, terminal = Ledger(optuna.create_study()), FakeTerminal()
     progress = Progress(total=2, stream=terminal)
-    progress.start(study, 0)
-    progress.finished(study, finish(study, 0.5), 1)
+    progress.start(ledger)
+    progress.finished(ledger, finish(ledger, 0.5))
     progress.close()
 
     lines = shown(terminal.getvalue())
@@ -57,11 +63,11 @@ def test_on_a_terminal_each_finished_trial_is_a_line_above_the_bar():
 
 
 def test_elsewhere_each_finished_trial_is_exactly_one_line():
-    study, stream = optuna.create_study(), io.StringIO()
+    ledger, stream = Ledger(optuna.create_study()), io.StringIO()
     progress = Progress(total=2, stream=stream)
-    progress.start(study, 0)
-    progress.finished(study, finish(study, 0.5), 1)
-    progress.finished(study, finish(study, None), 2)
+    progress.start(ledger)
+    progress.finished(ledger, finish(ledger, 0.5))
+    progress.finished(ledger, finish(ledger, None))
     progress.close()
 
     lines = stream.getvalue().splitlines()
