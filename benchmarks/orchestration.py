@@ -77,8 +77,9 @@ def run(smoke: bool) -> list[Row]:
 
 # A small model of the training app on the real corpus (the toy app trains nothing): each
 # trial reads, encodes and batches it, unless its worker kept it from the trial before.
-TRAIN_APP = [
-    "-m", "tbptt.train", "model.hidden_size=16", "model.embed_size=8", "model.layers=1",
+TRAIN_APP = ["-m", "tbptt.train"]
+TRAIN = [
+    "model.hidden_size=16", "model.embed_size=8", "model.layers=1",
     "bptt.length=16", "data.batch_size=8", "trainer.max_tokens=2048",
     "trainer.eval_every_tokens=1024", "trainer.eval_max_tokens=256", "trainer.device=cpu",
 ]  # fmt: skip
@@ -110,7 +111,7 @@ def first_steps(s: Settings, root: Path, smoke: bool) -> list[Row]:
 
 def sweep_first_steps(sweep_dir: Path, trials: int, data: list[str]) -> list[float]:
     """Seconds from each trial's ``ask`` to its first step, in trial order."""
-    launch([*TRAIN_APP, *data, "hydra/sweeper=optuna", "hydra/sweeper/pruner=none",
+    launch([*TRAIN_APP, "-m", *TRAIN, *data, "hydra/sweeper=optuna", "hydra/sweeper/pruner=none",
             f"hydra.sweep.dir={sweep_dir}", "optim.lr=tag(log,interval(1e-3,1e-2))",
             f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.n_jobs=1"])  # fmt: skip
     done = sorted(study_trials(sweep_dir), key=lambda t: t.number)
@@ -118,7 +119,7 @@ def sweep_first_steps(sweep_dir: Path, trials: int, data: list[str]) -> list[flo
 
 
 def spawn_first_step(run_dir: Path, data: list[str]) -> float:
-    started = launch([*TRAIN_APP, *data, f"hydra.run.dir={run_dir}"]).started
+    started = launch([*TRAIN_APP, *TRAIN, *data, f"hydra.run.dir={run_dir}"]).started
     return first_step(run_dir) - started
 
 

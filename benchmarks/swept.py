@@ -2,7 +2,7 @@
 
 A search trial of ``sweep=default`` trains with every diagnostic on: a ``steps`` row per update
 (loss, pre- and post-clip gradient norm, the gradient norm of each layer, the hidden-state
-norm), the gradient flow through time at a quarter, half and the end of the trial's budget,
+norm), the gradient flow through time halfway through the trial's budget and at its end,
 ``checkpoint.pt`` (and ``best.pt`` when the loss improved) written at every evaluation, and the
 Parquet tables rewritten at every evaluation. The arms, each a block of the same updates and
 evaluations:
@@ -98,7 +98,7 @@ class Settings:
     cases: tuple[Case, ...]
     eval_flops: float  # a search trial's evaluation cadence (see the module doc)
     evals: int = 9  # evaluations per block: a full search trial's
-    repeats: int = 3  # blocks per arm
+    repeats: int = 5  # blocks per arm
     calls: int = 50  # calls per timing of a per-update diagnostic
 
 
@@ -298,7 +298,7 @@ def diagnostic_costs(trainer: Trainer, cfg: DictConfig, calls: int) -> dict[str,
     flow = partial(measure_flow, model, trainer.corpus.val, cfg.bptt.length, tc.eval_length)
     return {
         "update: gradient and hidden norms, one read": per_call(norms, calls),
-        "eval: grad flow (at 3 of 9 evaluations)": per_call(flow, 2),
+        "eval: grad flow (at 2 of 9 evaluations)": per_call(flow, 2),
         "eval: checkpoint.pt": save,
         "eval: Parquet flush (tables at the block's end)": per_call(trainer.log.flush, 2),
         "eval: mean_loss (both arms)": per_call(
@@ -322,7 +322,7 @@ def _rows(
     plain = statistics.median(t.wall for t in seconds[PLAIN])
     for name, values in costs.items():
         per_update, flow = name.startswith("update"), name.startswith("eval: grad flow")
-        calls = block.updates if per_update else 3 if flow else block.evals
+        calls = block.updates if per_update else 2 if flow else block.evals
         unit, scale = ("us", 1e6) if per_update else ("ms", 1e3)
         cost = [v * scale for v in values]
         rows.append(summarize("swept", case, f"cost per {name}", cost, unit))

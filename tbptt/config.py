@@ -133,6 +133,11 @@ class FileDataConfig(DataConfig):
     def load_text(self) -> tuple[str, str]:
         return read_text(self.path, key="data.path"), f"data.path={self.path}"
 
+    def check_source(self) -> None:
+        """The file reads as text: known where this process split it last, else read now."""
+        if not LAST_SPLIT.holds(self.identity()):
+            self.load_text()
+
     def identity(self) -> object:
         """... and the file as it is now (None: not readable; ``load_text`` says why)."""
         try:
@@ -360,7 +365,7 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
     divergence_factor: float | None = 3.0  # stop when the loss exceeds this x its best (null: off)
     divergence_warmup_tokens: int = 50_000
-    grad_flow: bool = True  # ||dL_t/dh_{t-j}|| at 1/4, 1/2 and the end (grad_flow.parquet)
+    grad_flow: bool = True  # ||dL_t/dh_{t-j}|| halfway and at the end (grad_flow.parquet)
     checkpoint: bool = True  # write checkpoint.pt at every evaluation
     resume: bool = False  # continue from checkpoint.pt in the run directory
 

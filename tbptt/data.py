@@ -231,6 +231,9 @@ class LastSplit:
         self._key: object = None
         self._split: Split | None = None
 
+    def holds(self, key: object) -> bool:
+        return key is not None and key == self._key
+
     def get(self, key: object, make: Callable[[], Split]) -> Split:
         """The split made for ``key`` (None: not to be kept), made now if it is not the last."""
         if key is None or key != self._key or self._split is None:

@@ -107,7 +107,7 @@ def measure_flow(model: CharRNN, val: torch.Tensor, lags: int, warm_up: int) -> 
     return gradient_flow(model, x, val[warm + 1 : warm + lags + 2], hidden)
 
 
-FLOW_AT = (0.25, 0.5)  # GradFlow: shares of the budget after which the flow is measured
+FLOW_AT = (0.5,)  # GradFlow: shares of the budget after which the flow is measured
 
 
 class GradFlow:
@@ -119,8 +119,9 @@ class GradFlow:
     twentieth of an evaluation interval of the default sweep, more than every other
     diagnostic together. So it is taken at the evaluations where the run first passes each
     share ``at`` of its budget, and at its last evaluation (the budget spent): the gradient's
-    health at a quarter, half and the end of the run, the end being what the report judges.
-    A run stopped early (pruned) keeps the shares it passed. ``at=None``: every evaluation.
+    health halfway and at the end of the run, the end being what the report judges. A run
+    stopped before half its budget (pruned at an early rung) is not measured: its early
+    gradient says little of the configuration. ``at=None``: every evaluation.
 
     Args:
         at: shares of the token/FLOP budget (``Budget.fraction``), each in (0, 1).

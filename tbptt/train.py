@@ -207,7 +207,7 @@ def check(cfg: DictConfig) -> None:
     c = typed(cfg)
     build_parts(cfg, c)
     if isinstance(c["data"], config.FileDataConfig):
-        c["data"].load_text()
+        c["data"].check_source()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
