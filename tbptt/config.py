@@ -253,10 +253,6 @@ class BPTTConfig:
     def __post_init__(self) -> None:  # the trainer takes it, but is built after the data
         check_loss_window(self.loss_window)
 
-    def build(self, seed: int) -> Schedule:
-        """The schedule; ``seed`` seeds a randomized one's own generator."""
-        raise NotImplementedError  # the options below; the base schema names no schedule
-
 
 @dataclass
 class FixedBPTTConfig(BPTTConfig):
@@ -275,8 +271,9 @@ class FixedBPTTConfig(BPTTConfig):
         return k1, k1 + self.overlap if self.k2 is None else self.k2
 
     def build(self, seed: int) -> Schedule:
+        """The schedule; ``seed`` seeds a randomized one's generator (a fixed one draws none)."""
         k1, k2 = self.windows()
-        return FixedSchedule(k1, k2)  # a fixed schedule draws nothing: no seed
+        return FixedSchedule(k1, k2)
 
 
 @dataclass
