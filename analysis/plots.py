@@ -405,7 +405,7 @@ def importances(results: SweepResults, path: Path | str) -> Path:
 def grad_flow(
     results: SweepResults, path: Path | str, *, trials: Sequence[int] | None = None
 ) -> Path:
-    """||dL_t/dh_{t-j}|| against the lag j (log scale) at each chosen trial's last evaluation,
+    """||dL_t/dh_{t-j}|| against the lag j (log scale) at each chosen trial's last measurement,
     with the fitted geometric decay c * f**j dotted and f in the legend."""
     flow = _require(results.grad_flow, "grad_flow", ["trial", "tokens", "lag", "grad_norm"])
     chosen = list(trials) if trials is not None else pick_trials(results, flow["trial"].unique())
@@ -432,7 +432,7 @@ def grad_flow(
     ax.set(
         xlabel="lag j (time steps back from the loss)",
         ylabel="||dL_t / dh_{t-j}|| (log scale)",
-        title="Gradient flow through time at the last evaluation",
+        title="Gradient flow through time at the last measurement",
     )
     ax.legend(fontsize="small", title="dotted: fitted c * factor^j")
     return _save(fig, path)

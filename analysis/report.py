@@ -8,7 +8,8 @@ which token; whether the gradient vanished or exploded; then the figures of ``an
 A figure the data cannot support (no ``clip`` parameter, no timestamps) becomes a note.
 
 Gradient health reads the per-step decay factor f that the trainer fits to ||dL_t/dh_{t-j}|| ~
-c * f**j at each evaluation (``evals.decay_factor``), at the trial's last evaluation:
+c * f**j where the flow is measured (halfway and at the end of a run: ``evals.decay_factor``),
+at the trial's last measurement:
 
 - f < 0.7: *vanishing*. The signal falls to 1% within ln(100) / -ln(f) steps (13 at f = 0.7),
   fewer than the shortest BPTT windows worth sweeping: longer dependencies are not learned, and a
@@ -52,8 +53,8 @@ HORIZON_FRACTION = 0.01  # "not learned" once the gradient is below 1% of its si
 TOP_N = 10
 HEALTH_COLUMNS = {
     "objective": "value (pruned: best val loss)",
-    "first": "factor (first eval)",
-    "last": "factor (last eval)",
+    "first": "factor (first measured)",
+    "last": "factor (last measured)",
 }
 CAPTIONS = {
     "val_curves": "Validation loss of every trial (crosses: trials stopped early)",
@@ -61,7 +62,7 @@ CAPTIONS = {
     "clip_modes": "Objective per clip mode",
     "importances": "Parameter importances",
     "grad_norms": "Gradient norm before clipping (dashed: clip thresholds)",
-    "grad_flow": "Gradient flow through time at the last evaluation",
+    "grad_flow": "Gradient flow through time at the last measurement",
     "timeline": "Trials per worker over wall time",
 }
 
@@ -95,8 +96,8 @@ def gradient_health(factor: float, window: int | None = None) -> str:
 
 
 def health_table(results: SweepResults) -> pd.DataFrame:
-    """Per trial with a measured decay factor: the factor at its first and last evaluation, its
-    window k2 and the verdict on the last."""
+    """Per trial with a measured decay factor: the factor at its first and last measurement
+    (halfway, end), its window k2 and the verdict on the last."""
     evals = results.evals
     if evals.empty or "decay_factor" not in evals:
         return pd.DataFrame()
@@ -507,7 +508,7 @@ def _health(doc: Document, results: SweepResults) -> None:
         return
     verdicts = table["verdict"].str.split(":").str[0].value_counts()
     doc.text(
-        "Per-step factor f of `||dL_t/dh_{t-j}|| ~ c * f^j` at the last evaluation: "
+        "Per-step factor f of `||dL_t/dh_{t-j}|| ~ c * f^j` at the last measurement: "
         f"f < {VANISHING_BELOW} vanishing, f > {EXPLODING_ABOVE} exploding, else healthy. "
         + ", ".join(f"{n} {v}" for v, n in verdicts.items())
         + "."
