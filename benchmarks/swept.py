@@ -60,7 +60,7 @@ from benchmarks.plain import CharLSTM
 from benchmarks.report import machine, markdown
 from tbptt import checkpoint, config
 from tbptt.data import Corpus
-from tbptt.diagnostics import grad_norms, measure_flow
+from tbptt.diagnostics import FLOW_AT, grad_norms, measure_flow
 from tbptt.evaluate import mean_loss
 from tbptt.model import detach, hidden_norm
 from tbptt.train import build_trainer
@@ -91,6 +91,9 @@ ARMS = {  # arm -> (metric name, overrides); "ours" first, as the ratio rows are
 class Case:
     label: str
     overrides: tuple[str, ...]
+
+
+FLOWS = len(FLOW_AT) + 1  # gradient-flow measurements in a run: at each share, and at the end
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,9 @@ def _case(case: Case, settings: Settings) -> list[Row]:
         if arm == PLAIN:
             seconds[arm].append(_plain_block(base, corpus, block))
             continue
-        inspect = partial(_add_costs, costs, base, settings.calls) if arm == "ours" else None
+        inspect = None
+        if arm == "ours":
+            inspect = partial(_add_costs, costs, base, settings.calls, block.evals)
         seconds[arm].append(_ours_block(cfgs[arm], block, inspect)[0])
     m, tc = base.model, base.trainer
     name = (
@@ -206,9 +211,9 @@ def _case(case: Case, settings: Settings) -> list[Row]:
 
 
 def _add_costs(
-    costs: dict[str, list[float]], cfg: DictConfig, calls: int, trainer: Trainer
+    costs: dict[str, list[float]], cfg: DictConfig, calls: int, evals: int, trainer: Trainer
 ) -> None:
-    for name, value in diagnostic_costs(trainer, cfg, calls).items():
+    for name, value in diagnostic_costs(trainer, cfg, calls, evals).items():
         costs.setdefault(name, []).append(value)
 
 
@@ -284,7 +289,9 @@ def plain_run(
     return updates * window * stream.size(1)
 
 
-def diagnostic_costs(trainer: Trainer, cfg: DictConfig, calls: int) -> dict[str, float]:
+def diagnostic_costs(
+    trainer: Trainer, cfg: DictConfig, calls: int, evals: int
+) -> dict[str, float]:
     """Seconds per call of each diagnostic (and of ``mean_loss``, which both arms run, for
     scale), on a trainer whose ``fit()`` returned: its last update's gradients, its optimizer
     state and its whole tables in place, through the functions the trainer calls."""
@@ -298,7 +305,7 @@ def diagnostic_costs(trainer: Trainer, cfg: DictConfig, calls: int) -> dict[str,
     flow = partial(measure_flow, model, trainer.corpus.val, cfg.bptt.length, tc.eval_length)
     return {
         "update: gradient and hidden norms, one read": per_call(norms, calls),
-        "eval: grad flow (at 2 of 9 evaluations)": per_call(flow, 2),
+        f"eval: grad flow (at {FLOWS} of {evals} evaluations)": per_call(flow, 2),
         "eval: checkpoint.pt": save,
         "eval: Parquet flush (tables at the block's end)": per_call(trainer.log.flush, 2),
         "eval: mean_loss (both arms)": per_call(
@@ -322,7 +329,7 @@ def _rows(
     plain = statistics.median(t.wall for t in seconds[PLAIN])
     for name, values in costs.items():
         per_update, flow = name.startswith("update"), name.startswith("eval: grad flow")
-        calls = block.updates if per_update else 2 if flow else block.evals
+        calls = block.updates if per_update else FLOWS if flow else block.evals
         unit, scale = ("us", 1e6) if per_update else ("ms", 1e3)
         cost = [v * scale for v in values]
         rows.append(summarize("swept", case, f"cost per {name}", cost, unit))

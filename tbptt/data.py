@@ -232,14 +232,16 @@ class LastSplit:
         self._split: Split | None = None
 
     def holds(self, key: object) -> bool:
-        return key is not None and key == self._key
+        """Whether the last split kept is ``key``'s (None: never)."""
+        return key is not None and key == self._key and self._split is not None
 
     def get(self, key: object, make: Callable[[], Split]) -> Split:
         """The split made for ``key`` (None: not to be kept), made now if it is not the last."""
-        if key is None or key != self._key or self._split is None:
-            self._key, self._split = None, None  # no stale split if make() fails
-            split = make()
-            if key is not None:
-                self._key, self._split = key, split
-            return split
-        return self._split
+        if self.holds(key):
+            assert self._split is not None
+            return self._split
+        self._key, self._split = None, None  # no stale split if make() fails
+        split = make()
+        if key is not None:
+            self._key, self._split = key, split
+        return split
