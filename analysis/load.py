@@ -268,8 +268,9 @@ def _job_outcome(
         return "fail", None, "result.json: not completed"
     config = _read_yaml(job / ".hydra" / "config.yaml") or {}
     rule = (config.get("trainer") or {}).get("objective", "best")
-    told = contract.outcome(result.objective(rule), result)
-    return told.state.lower(), told.value, told.reason
+    told = contract.outcome(result.objective(rule), result)  # one objective: a float or None
+    value = told.value if isinstance(told.value, float) else None
+    return told.state.lower(), value, told.reason
 
 
 def _swept_params(overrides: Sequence[list[str]]) -> dict[str, list[Any]]:

@@ -16,15 +16,27 @@ from hydra.core.config_store import ConfigStore
 
 from tbptt.errors import ConfigError
 
+MOTPE = "optuna.samplers.MOTPESampler"  # removed in Optuna 4: its option says so
 
+
+# Each sampler takes every option of hydra-optuna-sweeper's config for it (the Optuna
+# sampler's keyword arguments), so configs written for that plugin compose here unchanged; our
+# defaults differ where a sweep of parallel workers needs it (seeds, TPE's multivariate/liar).
 @dataclass
 class TPESamplerConfig:
     _target_: str = "optuna.samplers.TPESampler"
     seed: int | None = 0
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
     n_startup_trials: int = 8
+    n_ei_candidates: int = 24
     multivariate: bool = True
     group: bool = True  # needed with conditional parameters and multivariate TPE
+    warn_independent_sampling: bool | None = None
     constant_liar: bool = True  # parallel workers do not all sample the same point
+    constraints_func: Any = None
 
 
 @dataclass
@@ -36,7 +48,7 @@ class RandomSamplerConfig:
 @dataclass
 class GridSamplerConfig:
     _target_: str = "optuna.samplers.GridSampler"
-    seed: int | None = 0  # the search space is built from the sweep's params (choices only)
+    seed: int | None = 0  # the grid is built from the sweep's params (choices and steps)
 
 
 @dataclass
@@ -44,13 +56,62 @@ class CmaEsSamplerConfig:
     _target_: str = "optuna.samplers.CmaEsSampler"
     seed: int | None = 0
     n_startup_trials: int = 4
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    independent_sampler: Any = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: str | None = None
+    popsize: int | None = None
+    inc_popsize: int = -1
+    use_separable_cma: bool = False
+    with_margin: bool = False
+    lr_adapt: bool = False
+    source_trials: Any = None
+
+
+@dataclass
+class NSGAIISamplerConfig:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = 0
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Any = None
+
+
+@dataclass
+class NSGAIIISamplerConfig:
+    _target_: str = "optuna.samplers.NSGAIIISampler"
+    seed: int | None = 0
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Any = None
+    reference_points: Any = None
+    dividing_parameter: int = 3
+
+
+@dataclass
+class MOTPESamplerConfig:
+    """Refused when the sweep starts (``check_sampler``): Optuna 4 removed MOTPESampler; the
+    plugin's ``motpe`` option is kept so that its configs get that answer, not a missing key."""
+
+    _target_: str = MOTPE
+    seed: int | None = 0
 
 
 @dataclass
 class GPSamplerConfig:
     _target_: str = "optuna.samplers.GPSampler"
     seed: int | None = 0
+    independent_sampler: Any = None
     n_startup_trials: int = 8
+    deterministic_objective: bool = False
+    constraints_func: Any = None
+    warn_independent_sampling: bool = True
 
 
 @dataclass
@@ -59,6 +120,9 @@ class QMCSamplerConfig:
     seed: int | None = 0
     qmc_type: str = "sobol"
     scramble: bool = True
+    independent_sampler: Any = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
 
 
 # Pruners see one report per evaluation, with the step counted in training tokens, so that
@@ -154,8 +218,10 @@ class SweeperConfig:
     )
     sampler: Any = None
     pruner: Any = None
-    direction: str = "minimize"
-    study_name: str = "tbptt"
+    # minimize | maximize, or a list of them: a multi-objective study (the app returns a
+    # tuple or list with one value per direction; Optuna cannot prune such trials).
+    direction: Any = "minimize"
+    study_name: str | None = "tbptt"  # null: the app's job name (hydra.job.name)
     storage: str | None = None  # any Optuna storage URL; null: a journal file in the sweep dir
     n_trials: int = 40  # total for the study, across re-runs and machines
     n_jobs: int | None = None  # worker processes; null: the CPU count (GPU count with cuda)
@@ -163,6 +229,9 @@ class SweeperConfig:
     trials_per_gpu: int = 1  # workers sharing one GPU: small trials leave a GPU mostly idle
     trial_logs: bool = False  # trials' log lines on the console too (always in their job's .log)
     max_failures: int | None = 10  # stop the sweep after this many failed trials
+    # hydra-optuna-sweeper's: the share of n_trials allowed to fail (0.0: none, 1.0: all, and
+    # the sweep still exits 0); when set, it decides in place of max_failures.
+    max_failure_rate: float | None = None
     max_retries: int = 1  # re-run a trial whose worker died (or whose sweep was killed)
     timeout: float | None = None  # stop starting trials after this many seconds
     # Wall time for the whole sweep, e.g. 9m, 540 or 1h30m (null: n_trials alone decides). The
@@ -176,7 +245,14 @@ class SweeperConfig:
     # agent sees it (a shared filesystem), else ships them home through the storage; always
     # ships every job (hosts that see another directory at the same path).
     ship_results: str = "auto"
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] | None = field(default_factory=dict)
+    # A function (module.function) called as fn(cfg, trial) after params are sampled, which
+    # may suggest more parameters with Optuna's trial API (hydra-optuna-sweeper's key): each
+    # one it suggests becomes an override, e.g. trial.suggest_float("+w", 0, 1) -> +w=0.42.
+    custom_search_space: str | None = None
+    # hydra-optuna-sweeper 1.x's deprecated form of params ({key: {type, low, high, ...}}),
+    # read into params (an entry in params wins).
+    search_space: dict[str, Any] | None = None
     # Parameter sets to try first (a known-good configuration, the defaults a plain run would
     # use), enqueued when the study is created; keys are params' keys, values their values.
     enqueue: list[dict[str, Any]] = field(default_factory=list)
@@ -194,6 +270,9 @@ SAMPLERS = {
     "cmaes": CmaEsSamplerConfig,
     "gp": GPSamplerConfig,
     "qmc": QMCSamplerConfig,
+    "nsgaii": NSGAIISamplerConfig,
+    "nsgaiii": NSGAIIISamplerConfig,
+    "motpe": MOTPESamplerConfig,
 }
 PRUNERS = {
     "median": MedianPrunerConfig,
@@ -207,8 +286,19 @@ PRUNERS = {
 }
 
 
+OTHER_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"  # Hydra's own Optuna sweeper plugin
+OTHER_PROVIDER = "optuna_sweeper"  # the provider name it registers its configs under
+OURS = ("hydra/sweeper", "hydra/sweeper/sampler")  # the groups whose options we define
+
+
 def register() -> None:
+    """Register ``hydra/sweeper=optuna`` and its sampler and pruner options. With
+    hydra-optuna-sweeper installed too, both claim those names, and Hydra's plugin scan runs
+    each plugin's module in the order of ``sys.path`` (so which one won would depend on the
+    directory a sweep is started from): the other plugin's registrations in these groups are
+    dropped, before or after ours, and ``hydra/sweeper=optuna`` is always this sweeper."""
     store = ConfigStore.instance()
+    _guard(store)
     store.store(group="hydra/sweeper", name="optuna", node=SweeperConfig, provider="tbptt")
     for name, node in SAMPLERS.items():
         store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="tbptt")
@@ -230,3 +320,34 @@ def answer_function(path: str) -> Callable[..., Any]:
             "(give module.function, e.g. analysis.answers.lr_range)"
         )
     return found  # type: ignore[no-any-return]
+
+
+def _guard(store: ConfigStore) -> None:
+    if getattr(store.store, "guarded", False):
+        return
+    plain = store.store
+
+    def store_unless_theirs(*args: Any, **kwargs: Any) -> None:
+        group, provider = kwargs.get("group"), kwargs.get("provider")
+        if provider == OTHER_PROVIDER and group in OURS:
+            return  # hydra-optuna-sweeper's: this sweeper defines these names
+        plain(*args, **kwargs)
+
+    store_unless_theirs.guarded = True  # type: ignore[attr-defined]
+    store.store = store_unless_theirs  # type: ignore[method-assign]
+
+
+def other_plugin() -> str | None:
+    """hydra-optuna-sweeper's version, when it is installed beside this project (else None)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(OTHER_PLUGIN) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return importlib.metadata.version("hydra-optuna-sweeper")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"

@@ -40,7 +40,7 @@ from sweeps.policy import JOB_ATTRS, Transfer, counted
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
-from sweeps.worker import TrialOutcome
+from sweeps.worker import FATAL_ATTR, TrialOutcome
 from tbptt.contract import End
 from tbptt.errors import ConfigError, first_line
 
@@ -172,6 +172,7 @@ class AgentSweep:
     transfer: Transfer | None = None  # once the search has ended, its best trained on longer
     compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
     failures: list[str] = field(default_factory=list)
+    fatal: str | None = None  # a failure every trial would meet (TrialOutcome.fatal)
     _ledger: Ledger = field(init=False, repr=False)
     _agents: list[Launched] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
@@ -190,6 +191,8 @@ class AgentSweep:
             self._watch(progress)
         finally:
             progress.close()
+        if self.fatal is not None:
+            raise ConfigError(self.fatal)
 
     def _enqueue(self) -> None:
         """WAITING trials up to the study's total: what the agents pop. Their parameters are
@@ -212,7 +215,7 @@ class AgentSweep:
             self._ledger.refresh()  # one look: every decision below
             for outcome in self._collect(self._ledger.trials):
                 progress.finished(self._ledger, outcome)
-            if self._too_many_failures():
+            if self._too_many_failures() or self.fatal is not None:
                 self.stop()
             stopping = self._stopping()
             waiting, running = self._ledger.waiting(), self._ledger.running()
@@ -297,6 +300,8 @@ class AgentSweep:
             outcome = outcome_of(trial)
             if outcome.state == End.FAIL and not trial.user_attrs.get(INTERRUPTED):
                 self.failures.append(f"trial {trial.number}: {outcome.reason}")
+            if outcome.fatal and self.fatal is None:  # every trial would fail so: stop
+                self.fatal = f"trial {trial.number}: {outcome.reason}"
             outcomes.append(outcome)
         return outcomes
 
@@ -347,14 +352,21 @@ class AgentsFailed(RuntimeError):
     """Every agent ended (its job failed or was cancelled) while trials still waited."""
 
 
+def _value(trial: FrozenTrial) -> float | tuple[float, ...] | None:
+    if trial.state != TrialState.COMPLETE or trial.values is None:
+        return None
+    return trial.values[0] if len(trial.values) == 1 else tuple(trial.values)
+
+
 def outcome_of(trial: FrozenTrial) -> TrialOutcome:
     attrs = trial.user_attrs
     start, end = trial.datetime_start, trial.datetime_complete
     return TrialOutcome(
         number=trial.number,
         state=End(trial.state.name),
-        value=trial.value if trial.state == TrialState.COMPLETE else None,
+        value=_value(trial),
         reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
+        fatal=bool(attrs.get(FATAL_ATTR)),
         job_dir=str(attrs.get("job_dir") or ""),
         flops=int(attrs.get("flops") or 0),
         seconds=(end - start).total_seconds() if start and end else 0.0,

@@ -65,6 +65,9 @@ class Ledger:
         self._search = 0  # settled search trials that count, unless a retry re-runs them
         self._failed: set[int] = set()  # ... of which failures that may be re-run
         self._best: FrozenTrial | None = None  # the best settled complete trial
+        self._front: list[FrozenTrial] = []  # several objectives: the settled Pareto front
+        self._signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0
+                       for d in study.directions]  # fmt: skip
         self._final: FrozenTrial | None = None  # the last settled final model
 
     def refresh(self) -> None:
@@ -84,10 +87,34 @@ class Ledger:
             self._search += 1
             if trial.state == TrialState.FAIL:
                 self._failed.add(trial.number)
-        if trial.state == TrialState.COMPLETE and self._better(trial, self._best):
+        if trial.state == TrialState.COMPLETE and self.multi_objective:
+            self._front = self._with(self._front, trial)
+        elif trial.state == TrialState.COMPLETE and self._better(trial, self._best):
             self._best = trial
         if is_final_model(trial):
             self._final = trial
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self._signs) > 1
+
+    def _dominates(self, a: FrozenTrial, b: FrozenTrial) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(self._signs, a.values, b.values, strict=True)]
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+    def _with(self, front: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
+        """``front`` with ``trial`` added, if no trial on it dominates ``trial``."""
+        if any(self._dominates(t, trial) for t in front):
+            return front
+        return [t for t in front if not self._dominates(trial, t)] + [trial]
+
+    def front(self) -> list[FrozenTrial]:
+        """A multi-objective study's Pareto front (``Study.best_trials``), in trial order."""
+        front = self._front
+        for trial in self._open:
+            if trial.state == TrialState.COMPLETE:
+                front = self._with(front, trial)
+        return sorted(front, key=lambda t: t.number)
 
     def _better(self, trial: FrozenTrial, than: FrozenTrial | None) -> bool:
         if than is None:
@@ -123,7 +150,10 @@ class Ledger:
         return any(t.state == TrialState.RUNNING for t in self._open)
 
     def best(self) -> FrozenTrial | None:
-        """The best complete trial (the first of equals), as ``Study.best_trial``."""
+        """The best complete trial (the first of equals), as ``Study.best_trial``; None in a
+        multi-objective study (see ``front``)."""
+        if self.multi_objective:
+            return None
         best = self._best
         for trial in self._open:
             if trial.state == TrialState.COMPLETE and self._better(trial, best):

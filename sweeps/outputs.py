@@ -13,7 +13,11 @@ recording a trial costs the same in a sweep of 10 trials as in one of 10,000.
   keeps its cost under ``REWRITE_SHARE`` of the sweep's time (it lags a few seconds behind a
   sweep of thousands of trials), and always at the end.
 - ``best.yaml``: the best value, its parameters and a command that reproduces it as a single
-  run; rewritten when it changes.
+  run (a multi-objective study: each trial of its Pareto front so); rewritten when it changes.
+- ``optimization_results.yaml``: what hydra-optuna-sweeper writes (``name``, ``best_params``,
+  ``best_value``; a multi-objective study: ``solutions``, each ``params`` and ``values``), so
+  scripts written against that plugin read it unchanged; beside it, ``best_trials`` numbers
+  the Pareto front's trials.
 
 Every file is replaced atomically; the study (its storage) is what they are derived from, so a
 sweep that is re-run rewrites whatever a crash left behind.
@@ -76,7 +80,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "value": None,
         "phase": attrs.get("phase", "search"),
         "parent": attrs.get("parent"),
         "tokens": attrs.get("tokens"),
@@ -92,8 +96,22 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "job_dir": attrs.get("job_dir"),
         "overrides": command_line(replay(trial)),
     }
+    values = trial.values if trial.state == TrialState.COMPLETE else None
+    if values is not None and len(values) == 1:
+        row["value"] = values[0]
+    elif values is not None:  # several objectives: value stays empty, one column for each
+        row.update({f"value_{i}": value for i, value in enumerate(values)})
     row.update({f"param.{key}": value for key, value in trial.params.items()})
     return row
+
+
+RESULTS_FILE = "optimization_results.yaml"  # hydra-optuna-sweeper's
+
+
+def value_columns(frame: pd.DataFrame) -> list[str]:
+    """A multi-objective trials.parquet's value columns, in objective order (empty: one)."""
+    names = [c for c in frame.columns if c.startswith("value_") and c[6:].isdigit()]
+    return sorted(names, key=lambda c: int(c[6:]))
 
 
 def replay(trial: FrozenTrial | optuna.Trial) -> list[str]:
@@ -319,10 +337,11 @@ class SweepOutputs:
         return rows
 
     def _write_best(self, ledger: Ledger) -> None:
-        doc = self._best_doc(ledger)
+        doc = self._front_doc(ledger) if ledger.multi_objective else self._best_doc(ledger)
         if doc is not None and doc != self._best:
             text = yaml.safe_dump(doc, sort_keys=False).encode()
             atomic_write_bytes(self._dir / "best.yaml", text)
+            atomic_write_bytes(self._dir / RESULTS_FILE, _results_text(doc))
             self._best = doc
 
     def _best_doc(self, ledger: Ledger) -> dict[str, Any] | None:
@@ -330,19 +349,46 @@ class SweepOutputs:
         best = final or ledger.best()
         if best is None:  # no trial completed yet
             return None
-        overrides = replay(best)
-        doc: dict[str, Any] = {
-            "value": best.value,
-            "trial": best.number,
-            "params": dict(best.params),
-            "overrides": overrides,
-            "command": f"{app_command()} {command_line(overrides)}".strip(),
-            "job_dir": best.user_attrs.get("job_dir"),
-        }
+        doc: dict[str, Any] = {"value": best.value, **_trial_doc(best)}
         if final is not None:
             doc.update(final_model(final))
         doc.update(study_name=ledger.study.study_name, storage=self._storage)
         return doc
+
+    def _front_doc(self, ledger: Ledger) -> dict[str, Any] | None:
+        """best.yaml of a multi-objective study: its directions and its Pareto front."""
+        front = ledger.front()
+        if not front:
+            return None
+        return {
+            "directions": [d.name.lower() for d in ledger.study.directions],
+            "pareto_front": [{"values": list(t.values), **_trial_doc(t)} for t in front],
+            "study_name": ledger.study.study_name,
+            "storage": self._storage,
+        }
+
+
+def _trial_doc(trial: FrozenTrial) -> dict[str, Any]:
+    overrides = replay(trial)
+    return {
+        "trial": trial.number,
+        "params": dict(trial.params),
+        "overrides": overrides,
+        "command": f"{app_command()} {command_line(overrides)}".strip(),
+        "job_dir": trial.user_attrs.get("job_dir"),
+    }
+
+
+def _results_text(best: dict[str, Any]) -> bytes:
+    """optimization_results.yaml, from best.yaml's document (see the module docstring)."""
+    doc: dict[str, Any] = {"name": "optuna"}
+    if "pareto_front" in best:
+        front = best["pareto_front"]
+        doc["solutions"] = [{"params": t["params"], "values": t["values"]} for t in front]
+        doc["best_trials"] = [t["trial"] for t in front]
+    else:
+        doc.update(best_params=best["params"], best_value=best["value"])
+    return yaml.safe_dump(doc, sort_keys=False).encode()
 
 
 def _read(study: optuna.Study) -> Ledger:

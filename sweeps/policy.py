@@ -90,7 +90,11 @@ class TrialMaker:
         trial = pop_waiting(self.study) if self.pop_only else self.study.ask()
         if trial is None:
             return None
-        values = sample(trial, self.space, self.compose)
+        try:
+            values = sample(trial, self.space, self.compose)
+        except ConfigError as err:  # custom_search_space's: each trial would meet it
+            self.fail(trial, f"error: {err}")
+            raise
         extra, job = spec(trial.user_attrs)
         overrides = last_per_key([*self.space.fixed, *to_overrides(values), *extra])
         trial.set_user_attr("overrides", overrides)

@@ -20,7 +20,7 @@ from sweeps.worker import TrialOutcome
 def result_text(ledger: Ledger) -> str:
     """The sweep's answer: the final model of a budgeted sweep (whole-split losses and its
     checkpoint), else the best trial."""
-    final, best = ledger.final(), best_text(ledger.best())
+    final, best = ledger.final(), leader_text(ledger)
     if final is None:
         return best
     attrs = final.user_attrs
@@ -29,6 +29,14 @@ def result_text(ledger: Ledger) -> str:
         f"val {attrs['full_val_loss']:.4f}, test {attrs['test_loss']:.4f} nats/char on the "
         f"whole splits | {best} | checkpoint {attrs.get('job_dir')}/best.pt"
     )
+
+
+def leader_text(ledger: Ledger) -> str:
+    """The best trial, or the size of a multi-objective study's Pareto front."""
+    if not ledger.multi_objective:
+        return best_text(ledger.best())
+    front = ledger.front()
+    return f"Pareto front: {len(front)} trials" if front else "Pareto front: none yet"
 
 
 def best_text(best: FrozenTrial | None) -> str:
@@ -83,7 +91,7 @@ class Progress:
         elapsed = time.monotonic() - self._started
         return (
             f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
-            f"{c['running']} running | {best_text(ledger.best())} | {elapsed:.0f}s"
+            f"{c['running']} running | {leader_text(ledger)} | {elapsed:.0f}s"
         )
 
     def start(self, ledger: Ledger) -> None:
@@ -93,7 +101,7 @@ class Progress:
     def finished(self, ledger: Ledger, outcome: TrialOutcome) -> None:
         """One line for the trial that ended (``ledger``: refreshed since it did)."""
         done, summary = ledger.done(), self.summary(ledger)
-        detail = f"value {outcome.value:.4f}" if outcome.value is not None else outcome.reason
+        detail = value_text(outcome.value) if outcome.value is not None else outcome.reason
         count = f"{done}/{self._bar.total}" if self._bar.total else f"{done} done"
         line = f"trial {outcome.number} {outcome.state.lower()}: {detail} | {count} | {summary}"
         if self._bar.disable:
@@ -108,3 +116,9 @@ class Progress:
         what is printed next starts on a line of its own."""
         self._bar.close()
         self._redirect.close()
+
+
+def value_text(value: float | tuple[float, ...]) -> str:
+    if isinstance(value, tuple):
+        return "values " + ", ".join(f"{v:.4f}" for v in value)
+    return f"value {value:.4f}"

@@ -1,12 +1,20 @@
 """Search spaces written in Hydra's override grammar, as Optuna distributions.
 
-The grammar is the one hydra-optuna-sweeper reads, so a ``hydra.sweeper.params`` block moves
-between the two sweepers unchanged::
+The grammar is the one hydra-optuna-sweeper reads, and each form gives the Optuna distribution
+that plugin gives it, so a ``hydra.sweeper.params`` block moves between the two sweepers
+unchanged::
 
     optim.lr: tag(log, interval(1e-4, 3e-2))   # FloatDistribution(1e-4, 3e-2, log=True)
-    model.layers: range(1, 4)                   # IntDistribution(1, 3)
+    model.layers: range(1, 4)                   # IntDistribution(1, 4): the stop is included
+    trainer.x: range(-5.5, 5.5, step=0.5)       # FloatDistribution(-5.5, 5.5, step=0.5)
+    model.hidden: int(interval(32, 256))        # IntDistribution(32, 256)
+    seed: shuffle(range(1, 4))                  # CategoricalDistribution((1, 2, 3))
     clip: choice(none, norm, value)             # a config group: one option per trial
     clip.max_norm: interval(0.1, 10)            # sampled only in trials where clip=norm
+
+As in that plugin (and unlike Hydra's basic sweeper, which runs ``range(1, 4)`` as 1, 2, 3), a
+range's stop is a value it can sample; ``shuffle(range(...))`` is the categorical of the values
+the basic sweeper would run, stop excluded (the plugin's reading, kept).
 
 Strings are read by Hydra's own parser, never evaluated. Sampling is define-by-run: the group
 options are drawn first, the config they select is composed, and a parameter is drawn only when
@@ -84,6 +92,8 @@ class SearchSpace:
 
     params: tuple[Param, ...]
     fixed: tuple[str, ...]
+    # hydra.sweeper.custom_search_space: module.function(cfg, trial), suggesting more params
+    custom: str | None = None
 
 
 def parse_space(
@@ -159,10 +169,13 @@ def _distribution(override: Override, where: str) -> BaseDistribution:
 
 
 def _choice(sweep: ChoiceSweep, where: str) -> CategoricalDistribution:
-    _check_shuffle(sweep.shuffle, where)
     _tags(sweep.tags, allowed=(), kind="choice", where=where)
+    return _categorical(list(sweep.list), where)  # shuffle(): the sampler picks anyway
+
+
+def _categorical(values: list[Any], where: str) -> CategoricalDistribution:
     choices: list[CategoricalChoiceType] = []
-    for choice in sweep.list:
+    for choice in values:
         if not (choice is None or isinstance(choice, bool | int | float | str)):
             raise ConfigError(
                 f"{where}: choice values must be null, bool, int, float or str, got {choice!r}"
@@ -175,7 +188,6 @@ def _choice(sweep: ChoiceSweep, where: str) -> CategoricalDistribution:
 
 
 def _range(sweep: RangeSweep, where: str) -> BaseDistribution:
-    _check_shuffle(sweep.shuffle, where)
     log = "log" in _tags(sweep.tags, allowed=("log",), kind="range", where=where)
     start, stop, step = sweep.start, sweep.stop, sweep.step
     assert start is not None and stop is not None
@@ -183,25 +195,24 @@ def _range(sweep: RangeSweep, where: str) -> BaseDistribution:
     _check_finite(where, text, start, stop, step)
     if step == 0:
         raise ConfigError(f"{where}: {text} has step 0")
-    # Count what Hydra's basic sweeper would run. For ints that is Python's range; for floats
-    # Hydra adds Decimal(step) to Decimal(start) at 28 digits, which can reach the stop:
-    # range(0.1, 0.4, 0.1) runs 0.1, 0.2, 0.30000000000000004 and 0.4.
-    values = sweep.range()
-    if isinstance(values, range):
-        if not values:
-            raise ConfigError(f"{where}: {text} has no values")
-        low, high = min(values[0], values[-1]), max(values[0], values[-1])
-        return _bounded(IntDistribution, where, text, low, high, step=abs(step), log=log)
-    count = sum(1 for _ in islice(values, MAX_RANGE_VALUES + 1))
+    if sweep.shuffle:
+        return _categorical(list(islice(sweep.range(), MAX_RANGE_VALUES)), where)
+    # The values from start, a step apart, up to and including the stop (as the plugin's
+    # IntDistribution / FloatDistribution(start, stop, step)), counted in Decimal: in floats,
+    # range(-5.5, 5.5, 0.5) could miss its stop by a rounding error.
+    first, last, stride = (Decimal(str(x)) for x in (start, stop, step))
+    count = int((last - first) / stride) + 1 if (last - first) * stride >= 0 else 0
     if count == 0:
         raise ConfigError(f"{where}: {text} has no values")
     if count > MAX_RANGE_VALUES:
         raise ConfigError(f"{where}: {text} has over {MAX_RANGE_VALUES} values; use interval()")
-    # Optuna checks the grid in str() decimals: end on that grid (0.3, not 0.30000000000000004),
-    # or Optuna warns and moves the upper bound itself.
-    ends = float(start), float(Decimal(str(start)) + (count - 1) * Decimal(str(step)))
-    lo, hi = min(ends), max(ends)
-    return _bounded(FloatDistribution, where, text, lo, hi, step=abs(float(step)), log=log)
+    end = first + (count - 1) * stride  # the last value on the grid (the stop, or below it)
+    lo, hi = min(first, end), max(first, end)
+    if all(isinstance(x, int) for x in (start, stop, step)):
+        return _bounded(IntDistribution, where, text, int(lo), int(hi), step=abs(step), log=log)
+    # Optuna checks the grid in str() decimals: these ends lie on it exactly.
+    return _bounded(FloatDistribution, where, text, float(lo), float(hi),
+                    step=float(abs(stride)), log=log)  # fmt: skip
 
 
 def _interval(sweep: IntervalSweep, where: str) -> BaseDistribution:
@@ -225,11 +236,6 @@ def _tags(tags: set[str], allowed: Sequence[str], kind: str, where: str) -> set[
         if tag not in allowed:
             raise ConfigError(f"{where}: tag {tag!r} does not apply to {kind}()")
     return tags
-
-
-def _check_shuffle(shuffle: bool, where: str) -> None:
-    if shuffle:
-        raise ConfigError(f"{where}: shuffle() is not supported; the Optuna sampler picks")
 
 
 def _check_finite(where: str, text: str, *numbers: float) -> None:
@@ -280,7 +286,48 @@ def sample(
     for param in space.params:
         if not param.is_group and _has_key(cfg, param.key):
             values[param.key] = suggest(trial, param)
-    return {p.key: values[p.key] for p in space.params if p.key in values}
+    drawn = {p.key: values[p.key] for p in space.params if p.key in values}
+    if space.custom is not None:
+        drawn.update(_custom_params(space, trial, cfg, drawn))
+    return drawn
+
+
+def _custom_params(
+    space: SearchSpace, trial: optuna.trial.BaseTrial, cfg: DictConfig, drawn: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``hydra.sweeper.custom_search_space`` suggests beyond ``drawn``: it is called as
+    ``fn(cfg, trial)`` with the trial's config as far as it is known (fixed settings and group
+    options), as hydra-optuna-sweeper calls it."""
+    assert space.custom is not None
+    where = f"hydra.sweeper.custom_search_space={space.custom}"
+    try:
+        custom_function(space.custom)(cfg, trial)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's function: its error, in one line
+        raise ConfigError(f"{where} raised {type(err).__name__}: {one_line(err)}") from None
+    extra = {k: v for k, v in trial.params.items() if k not in drawn}
+    pinned = {o.partition("=")[0].lstrip("+~") for o in space.fixed}
+    clash = sorted(k for k in extra if k.lstrip("+~") in pinned)
+    if clash:
+        raise ConfigError(f"{where} suggests {', '.join(clash)}, which the command line fixes; "
+                          "drop one of the two")  # fmt: skip
+    return extra
+
+
+@cache
+def custom_function(path: str) -> Callable[..., Any]:
+    """The function ``hydra.sweeper.custom_search_space`` names (as Hydra's ``get_method``
+    finds it: a module on ``sys.path``, such as the app's own script, then the function)."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        raise ConfigError(
+            f"hydra.sweeper.custom_search_space={path}: {one_line(err)} (give module.function, "
+            "with the module importable from where the sweep runs)"
+        ) from None
 
 
 def check_keys(space: SearchSpace, compose: Callable[[list[str]], DictConfig]) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,17 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.agent import HOME_FILE, SHIP_MODES, Agent
+from sweeps.agent import HOME_FILE, Agent
 from sweeps.compose import Composer, is_group
-from sweeps.config import answer_function
+from sweeps.config import other_plugin
 from sweeps.gpus import check_gpu_slots, default_jobs, gpu_count, gpu_env
 from sweeps.internals import storage_of
 from sweeps.launch import (
@@ -50,15 +56,7 @@ from sweeps.launch import (
 )
 from sweeps.ledger import Ledger
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
-from sweeps.plan import (
-    Clock,
-    Plan,
-    Timeline,
-    calibration_seconds,
-    check_plan_settings,
-    make_plan,
-    parse_duration,
-)
+from sweeps.plan import Clock, Plan, Timeline, calibration_seconds, make_plan, parse_duration
 from sweeps.policy import (
     JOB_ATTRS,
     USED_ATTR,
@@ -69,6 +67,7 @@ from sweeps.policy import (
 )
 from sweeps.pool import DISK_FULL, Died, Finished, WorkerPool
 from sweeps.progress import Progress, result_text
+from sweeps.settings import check_settings, directions_of, failure_limit, search_space_params
 from sweeps.space import (
     SearchSpace,
     check_keys,
@@ -95,6 +94,7 @@ from sweeps.worker import (
     TrialRunner,
 )
 from tbptt import contract
+from tbptt.cli import one_line
 from tbptt.contract import End
 from tbptt.errors import ConfigError
 from tbptt.keys import differences, flatten
@@ -115,6 +115,8 @@ class Settings:
     n_trials: int
     n_jobs: int
     max_failures: int | None
+    all_may_fail: bool  # max_failure_rate=1.0: a sweep whose every trial failed still ends 0
+    failure_rule: str | None  # the setting that gave max_failures, when not max_failures
     max_retries: int
     timeout: float | None
     heartbeat_interval: float
@@ -149,6 +151,7 @@ class OptunaSweeper(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
         self.cfg = OmegaConf.create(kwargs)
         check_settings(self.cfg)
+        self.directions = directions_of(self.cfg.direction)
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.config: DictConfig | None = None
@@ -158,6 +161,8 @@ class OptunaSweeper(Sweeper):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        if self.cfg.study_name is None:  # hydra-optuna-sweeper's default: a name of our own
+            self.cfg.study_name = str(config.hydra.job.name)
 
     def sweep(self, arguments: list[str]) -> Any:
         try:
@@ -204,8 +209,12 @@ class OptunaSweeper(Sweeper):
         # TPE's `group` is experimental and says so on every sampler; the choice is deliberate.
         # (Set here, not at import: Hydra imports plugins inside warnings.catch_warnings().)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        params = {str(k): str(v) for k, v in (self.cfg.params or {}).items()}
+        params = search_space_params(self.cfg.search_space)  # the plugin's older form
+        params.update({str(k): str(v) for k, v in (self.cfg.params or {}).items()})
         space = parse_space(params, arguments, self.is_group)
+        space = replace(space, custom=self.cfg.custom_search_space)
+        say_other_plugin()
+        self._say_objectives()
         self.check(self.compose(list(space.fixed)))  # bad values fail here, before any worker
         self._say_threads(self.compose(list(space.fixed)))
         check_keys(space, self.compose)
@@ -240,9 +249,9 @@ class OptunaSweeper(Sweeper):
         study = open_study(
             storage,
             str(self.cfg.study_name),
-            str(self.cfg.direction),
+            self.directions,
             sampler=self._sampler(space, self.cfg.sampler.seed),
-            pruner=instantiate(self.cfg.pruner),
+            pruner=built("pruner", self._pruner_node()),
         )
         trials = study.get_trials(deepcopy=False)
         check_resumable(stored_space(trials), space, study.study_name)
@@ -259,7 +268,21 @@ class OptunaSweeper(Sweeper):
     def _sampler(self, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
         if self.cfg.sampler._target_ == "optuna.samplers.GridSampler":
             return AskTellGridSampler(grid_space(space), seed=seed)
-        return instantiate(self.cfg.sampler, seed=seed)
+        return built("sampler", self.cfg.sampler, seed=seed)  # type: ignore[no-any-return]
+
+    def _pruner_node(self) -> DictConfig:
+        """The pruner config; none in a multi-objective study (Optuna prunes one objective)."""
+        if len(self.directions) > 1:
+            return OmegaConf.create({"_target_": "optuna.pruners.NopPruner"})
+        return self.cfg.pruner  # type: ignore[no-any-return]
+
+    def _say_objectives(self) -> None:
+        if len(self.directions) > 1 and "NopPruner" not in str(self.cfg.pruner._target_):
+            log.warning(
+                "hydra.sweeper.direction names %d objectives: Optuna cannot prune multi-"
+                "objective trials, so this sweep runs every trial to its end (the pruner %s "
+                "is not used)", len(self.directions), self.cfg.pruner._target_,
+            )  # fmt: skip
 
     def _recover(self, study: optuna.Study, all_running: bool) -> None:
         grace = -1.0 if all_running else float(self.cfg.grace_period)
@@ -289,7 +312,11 @@ class OptunaSweeper(Sweeper):
         return Settings(
             n_trials=int(cfg.n_trials),
             n_jobs=int(n_jobs),
-            max_failures=cfg.max_failures,
+            max_failures=failure_limit(cfg.max_failures, cfg.max_failure_rate, int(cfg.n_trials)),
+            all_may_fail=cfg.max_failure_rate is not None and cfg.max_failure_rate >= 1.0,
+            failure_rule=None if cfg.max_failure_rate is None else (
+                f"hydra.sweeper.max_failure_rate={cfg.max_failure_rate} of "
+                f"{cfg.n_trials} trials"),
             max_retries=int(cfg.max_retries),
             timeout=cfg.timeout,
             heartbeat_interval=float(cfg.heartbeat_interval),
@@ -307,7 +334,7 @@ class OptunaSweeper(Sweeper):
             storage=cfg.storage,
             sweep_dir=str(sweep_dir),
             patience=float(cfg.storage_patience),
-            pruner=OmegaConf.to_container(cfg.pruner),  # type: ignore[arg-type]
+            pruner=OmegaConf.to_container(self._pruner_node()),  # type: ignore[arg-type]
         )
         return TrialRunner(
             hydra_context=self.hydra_context,
@@ -350,7 +377,7 @@ class OptunaSweeper(Sweeper):
             sys.exit(130)
         except AgentsFailed as err:
             raise SweepError(str(err)) from None
-        check_failures(study, sweep.failures, settings.max_failures)
+        check_failures(study, sweep.failures, settings)
 
     def _agent_sweep(
         self,
@@ -413,6 +440,11 @@ class OptunaSweeper(Sweeper):
             policy = self._policy(study, space, settings, pool)
             scheduler = Scheduler(study, policy, pool, settings, outputs)
             scheduler.run()
+        except ConfigError:  # a trial's own, or the custom search space's: stop cleanly
+            pool.close(kill=True)
+            if scheduler is not None:
+                scheduler.abandon("the sweep stopped on a config error")
+            raise
         except KeyboardInterrupt:
             pool.close(kill=True)
             if scheduler is not None:
@@ -467,7 +499,7 @@ class OptunaSweeper(Sweeper):
         return plan
 
 
-def open_study(storage: Any, name: str, direction: str, **kwargs: Any) -> optuna.Study:
+def open_study(storage: Any, name: str, directions: list[str], **kwargs: Any) -> optuna.Study:
     """The study ``name``, loaded (writing nothing, so a refused re-run leaves the storage as
     it was) or created; a stored study must minimize or maximize as this run asks."""
     try:
@@ -476,17 +508,43 @@ def open_study(storage: Any, name: str, direction: str, **kwargs: Any) -> optuna
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            direction=direction,  # type: ignore[arg-type]
+            directions=directions,  # type: ignore[arg-type]
             load_if_exists=True,
             **kwargs,
         )
-    stored = study.direction.name.lower()
-    if stored != direction:
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        asked, was = (d[0] if len(d) == 1 else f"[{', '.join(d)}]" for d in (directions, stored))
         raise ConfigError(
-            f"hydra.sweeper.direction={direction}, but the study {name!r} was created to "
-            f"{stored}: restore it, or start a new study in another hydra.sweep.dir"
+            f"hydra.sweeper.direction={asked}, but the study {name!r} was created to "
+            f"{was}: restore it, or start a new study in another hydra.sweep.dir"
         )
     return study
+
+
+def say_other_plugin() -> None:
+    """Hydra's own Optuna sweeper installed too: say once which one runs (see
+    ``sweeps.config.register``)."""
+    version = other_plugin()
+    if version is not None:
+        log.warning(
+            "hydra-optuna-sweeper %s is installed too: hydra/sweeper=optuna is tbptt-sweeps' "
+            "sweeper, with its own sampler options (its configs run here unchanged); to run "
+            "that plugin's sweeper instead, uninstall tbptt-sweeps from this environment",
+            version,
+        )
+
+
+def built(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.sweeper.<key>`` (a sampler or pruner node) instantiated; a value that only the
+    Optuna class checks (``population_size: 1``, an unknown option) is a one-line error."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except Exception as err:  # noqa: BLE001 - instantiate wraps the class's own error
+        cause = err.__cause__ or err
+        raise ConfigError(
+            f"hydra.sweeper.{key} ({node.get('_target_')}): {one_line(cause)}"
+        ) from None
 
 
 def stored_space(trials: list[FrozenTrial]) -> dict[str, BaseDistribution]:
@@ -630,66 +688,6 @@ def process_age() -> float:
     return max(0.0, uptime - started)
 
 
-def check_settings(cfg: DictConfig) -> None:
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            print(f"error: hydra.sweeper.{message}", file=sys.stderr)
-            sys.exit(2)
-
-    check(cfg.n_trials >= 1, f"n_trials must be >= 1, got {cfg.n_trials}")
-    check(cfg.n_jobs is None or cfg.n_jobs >= 1, f"n_jobs must be >= 1, got {cfg.n_jobs}")
-    check(cfg.trials_per_gpu >= 1, f"trials_per_gpu must be >= 1, got {cfg.trials_per_gpu}")
-    check(
-        cfg.threads_per_worker >= 1,
-        f"threads_per_worker must be >= 1, got {cfg.threads_per_worker}",
-    )
-    check(cfg.max_retries >= 0, f"max_retries must be >= 0, got {cfg.max_retries}")
-    check(
-        cfg.max_failures is None or cfg.max_failures >= 1,
-        f"max_failures must be >= 1 or null (never stop), got {cfg.max_failures}",
-    )
-    check(
-        cfg.timeout is None or (math.isfinite(cfg.timeout) and cfg.timeout > 0),
-        f"timeout must be > 0 seconds or null, got {cfg.timeout}",
-    )
-    for key in ("heartbeat_interval", "grace_period", "storage_patience"):
-        value = cfg[key]
-        check(math.isfinite(value) and value > 0, f"{key} must be > 0 seconds, got {value}")
-    check(
-        cfg.heartbeat_interval < cfg.grace_period,
-        f"heartbeat_interval ({cfg.heartbeat_interval}) must be below grace_period "
-        f"({cfg.grace_period}): live trials would look abandoned",
-    )
-    check(bool(str(cfg.study_name).strip()), f"study_name must not be empty: {cfg.study_name!r}")
-    check(
-        cfg.ship_results in SHIP_MODES,
-        f"ship_results must be one of {', '.join(SHIP_MODES)}, got {cfg.ship_results!r}",
-    )
-    check(
-        cfg.direction in ("minimize", "maximize"),
-        f"direction must be minimize or maximize, got {cfg.direction!r}",
-    )
-    if cfg.budget is not None:
-        try:
-            parse_duration(cfg.budget)
-            check_plan_settings(cfg.plan)
-        except ConfigError as err:
-            check(False, str(err).removeprefix("hydra.sweeper."))
-        check(cfg.timeout is None, "timeout and hydra.sweeper.budget are both set: keep one")
-        check(
-            not cfg.transfer.top_k,
-            "transfer is for n_trials sweeps: a budgeted sweep trains its best candidates on "
-            "already (hydra.sweeper.plan.candidates), and its report checks their ranking",
-        )
-    try:
-        if cfg.transfer.top_k:
-            Transfer(int(cfg.transfer.top_k), float(cfg.transfer.factor))
-        if cfg.answer is not None:
-            answer_function(str(cfg.answer))
-    except ConfigError as err:
-        check(False, str(err).removeprefix("hydra.sweeper."))
-
-
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler without its ``study.stop()`` once every point has started: that
     works only inside ``study.optimize`` and raises under ask-and-tell. ``CountPolicy`` ends
@@ -700,17 +698,22 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
 
 def grid_space(space: SearchSpace) -> dict[str, list[Any]]:
+    """The grid's points by key: choices, and every value of a stepped range (int or float)."""
     grid = {}
     for param in space.params:
         dist = param.distribution
         if isinstance(dist, CategoricalDistribution):
             grid[param.key] = list(dist.choices)
-        elif isinstance(dist, IntDistribution) and not dist.log:
+        elif isinstance(dist, IntDistribution):
             grid[param.key] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            low, step = Decimal(str(dist.low)), Decimal(str(dist.step))
+            count = int((Decimal(str(dist.high)) - low) / step) + 1
+            grid[param.key] = [float(low + i * step) for i in range(count)]
         else:
             raise ConfigError(
-                f"hydra.sweeper.params.{param.key}: the grid sampler needs choice() or an int "
-                "range(), not a continuous interval"
+                f"hydra.sweeper.params.{param.key}: the grid sampler needs choice() or a "
+                "range() (a finite set of points), not a continuous interval"
             )
     return grid
 
@@ -740,16 +743,18 @@ def unretried_interruptions(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
-def check_failures(study: optuna.Study, failures: list[str], limit: int | None) -> None:
-    """A sweep that stopped for its failures, or where every trial failed, ends in an error."""
+def check_failures(study: optuna.Study, failures: list[str], settings: Settings) -> None:
+    """A sweep that stopped for its failures, or where every trial failed (unless
+    ``max_failure_rate=1.0`` tolerates that), ends in an error."""
+    limit = settings.max_failures
     if limit is not None and len(failures) >= limit:
-        raise SweepError(
-            f"stopped after {len(failures)} failed trials (hydra.sweeper.max_failures="
-            f"{limit}); last: {failures[-1]}"
-        )
+        rule = settings.failure_rule or f"hydra.sweeper.max_failures={limit}"
+        raise SweepError(f"stopped after {len(failures)} failed trials ({rule}); "
+                         f"last: {failures[-1]}")  # fmt: skip
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    if failures and not study.get_trials(deepcopy=False, states=finished):
-        raise SweepError(f"no trial finished: {len(failures)} failed; last: {failures[-1]}")
+    if failures and not settings.all_may_fail:
+        if not study.get_trials(deepcopy=False, states=finished):
+            raise SweepError(f"no trial finished: {len(failures)} failed; last: {failures[-1]}")
 
 
 class Scheduler:
@@ -779,7 +784,7 @@ class Scheduler:
         finally:  # an error message, too, starts below the bar, on a plain console
             self.progress.close()
         self.policy.tick()
-        check_failures(self.study, self.failures, self.settings.max_failures)
+        check_failures(self.study, self.failures, self.settings)
 
     def _loop(self) -> None:
         while True:
@@ -839,6 +844,8 @@ class Scheduler:
         if outcome.job_dir:
             self.outputs.record(self.study, outcome.number, self.ledger)
         self.progress.finished(self.ledger, outcome)
+        if outcome.fatal:  # every trial would fail the same way: stop at the first
+            raise ConfigError(f"trial {outcome.number}: {outcome.reason}")
 
     def _worker_died(self, event: Died) -> TrialOutcome:
         job: TrialJob = event.job
@@ -853,15 +860,20 @@ class Scheduler:
             retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
         return TrialOutcome(number=job.number, state=End.FAIL, reason=reason)
 
-    def interrupted(self) -> None:
-        """Ctrl-C: fail the running trials (a re-run retries them) and say how to resume."""
+    def abandon(self, reason: str) -> None:
+        """The sweep stops now: fail its running trials (a re-run retries them) and write
+        its tables."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if fail_trial(self.study, trial, "interrupted (Ctrl-C)", its_fault=False):
+            if fail_trial(self.study, trial, reason, its_fault=False):
                 retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
         self.policy.tick()
         self.outputs.write(self.study)
         self.progress.close()
         self.ledger.refresh()
+
+    def interrupted(self) -> None:
+        """Ctrl-C: stop, and say how to resume."""
+        self.abandon("interrupted (Ctrl-C)")
         print(
             f"\ninterrupted: {self.progress.summary(self.ledger)}\n"
             "resume by running the same command again",

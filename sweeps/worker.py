@@ -45,6 +45,7 @@ CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet"
                     "grad_flow.parquet")  # fmt: skip
 SCORE_ATTRS = {"val": "full_val_loss", "test": "test_loss"}  # user attrs of scored trials
 PRUNER_ATTR = "sweeps:pruner"  # study attr: the pruner config a budget plan sized
+FATAL_ATTR = "fatal"  # user attr: the trial's failure stops the sweep (TrialOutcome.fatal)
 THREADS_ATTR = "sweeps:threads"  # trial system attr: more threads, now that cores are idle
 
 
@@ -92,8 +93,9 @@ class CalibrationError(RuntimeError):
 class TrialOutcome:
     number: int
     state: End
-    value: float | None = None
+    value: float | tuple[float, ...] | None = None  # a tuple in a multi-objective study
     reason: str | None = None  # why it stopped early or failed
+    fatal: bool = False  # every trial would fail so (contract.Outcome.fatal): stop the sweep
     job_dir: str = ""  # empty: the trial never ran (a worker died, its config failed)
     flops: int = 0  # the run's training compute at its end (continued runs: in total)
     seconds: float = 0.0  # this job's wall time, start-up and scoring included
@@ -109,7 +111,9 @@ class PruningReporter:
 
     def __init__(self, trial: optuna.Trial, job: TrialJob | None = None) -> None:
         self.trial = self._trial = trial
-        self._prune = job is None or job.prune
+        # Optuna keeps no intermediate values of multi-objective trials, and cannot prune them.
+        self._report = len(trial.study.directions) == 1
+        self._prune = self._report and (job is None or job.prune)
         self._deadline = job.deadline if job else None
         self._target = job.target_flops if job else None
         self._first: tuple[float, int] | None = None  # (time, flops) at the first evaluation
@@ -120,7 +124,8 @@ class PruningReporter:
         if self.stopped:
             return self.stopped  # an app that went on after being told to stop
         self._take_idle_cores()
-        self._trial.report(point.value, point.step)
+        if self._report:
+            self._trial.report(point.value, point.step)
         if point.final:
             return None  # it trained its whole budget: pruning now would save nothing
         if self._prune and self._trial.should_prune():
@@ -242,7 +247,7 @@ class TrialRunner:
         reporter = PruningReporter(trial, job)
         ret, job_dir = self._run_job(job, reporter, root)
         result = contract.read_result(job_dir)
-        outcome = classify(job.number, ret, reporter, job_dir, result)
+        outcome = classify(job.number, ret, reporter, job_dir, result, len(study.directions))
         if job.score and self._scorable(job, outcome):
             outcome = self._score(job, outcome, job_dir, trial)
         outcome = replace(outcome, seconds=time.perf_counter() - started)
@@ -374,17 +379,20 @@ def classify(
     reporter: PruningReporter,
     job_dir: Path,
     result: TrialResult | None,
+    objectives: int = 1,
 ) -> TrialOutcome:
     """The job's outcome by the contract's rule; what it trained, from its ``result``."""
     failed = ret.status == JobStatus.FAILED
     error = (job_error(ret) or RuntimeError("job failed")) if failed else None
-    told = contract.outcome(None if failed else ret.return_value, result, reporter.stopped, error)
+    returned = None if failed else ret.return_value
+    told = contract.outcome(returned, result, reporter.stopped, error, objectives)
     trained = result if result is not None and not failed else TrialResult()
     return TrialOutcome(
         number=number,
         state=told.state,
         value=told.value,
         reason=told.reason,
+        fatal=told.fatal,
         job_dir=str(job_dir),
         flops=int(trained.flops or 0),
         train_seconds=float(trained.wall_seconds or 0.0),
@@ -421,6 +429,8 @@ def tell(
     if outcome.reason:
         key = "fail_reason" if outcome.state == End.FAIL else "stop_reason"
         trial.set_user_attr(key, outcome.reason)
+    if outcome.fatal:
+        trial.set_user_attr(FATAL_ATTR, True)
     if outcome.state == End.COMPLETE:
         study.tell(trial, outcome.value)
     else:

@@ -189,8 +189,11 @@ def read_result(job_dir: Path | str) -> TrialResult | None:
 @dataclass(frozen=True)
 class Outcome:
     state: End
-    value: float | None
+    value: float | tuple[float, ...] | None  # a tuple in a multi-objective study
     reason: str | None  # why it stopped early or failed
+    # The app and the sweep disagree on the objective's shape (a tuple under one direction, or
+    # too few values): every trial would fail the same way, so the sweep stops at the first.
+    fatal: bool = False
 
 
 def outcome(
@@ -198,13 +201,14 @@ def outcome(
     result: TrialResult | None,
     stopped: str | None = None,
     error: BaseException | None = None,
+    objectives: int = 1,
 ) -> Outcome:
     """The one rule by which a job is told to the study (the sweeper's workers and agents)
     and read back (``analysis.load``'s multirun jobs). A job that raised (``error``) is a FAIL
     with its message (``failure``); one stopped early (by the sweeper, ``stopped``, or by
     itself, ``result.stop_reason``) is PRUNED; one whose ``result.json`` says it did not
     complete is a FAIL; otherwise its objective (the task function's return value) must be a
-    finite number."""
+    finite number, or, in a study of several ``objectives``, a tuple or list of as many."""
     if error is not None:
         return failure(error)
     reason = stopped or (result.stop_reason if result is not None else None)
@@ -212,11 +216,50 @@ def outcome(
         return Outcome(End.PRUNED, None, reason)
     if result is not None and not result.completed:
         return Outcome(End.FAIL, None, f"{RESULT_FILE}: not completed")
-    if isinstance(returned, bool) or not isinstance(returned, int | float):
+    if objectives > 1:
+        return _values_outcome(returned, objectives)
+    if isinstance(returned, list | tuple):
+        return Outcome(End.FAIL, None, f"the app returned {len(returned)} values "
+                       f"{_short(returned)}, but hydra.sweeper.direction names one objective: "
+                       "give one direction per value, e.g. direction: [minimize, maximize]",
+                       fatal=True)  # fmt: skip
+    number = _number(returned)
+    if number is None:
         return Outcome(End.FAIL, None, f"objective is not a number: {returned!r}")
-    if not math.isfinite(returned):
-        return Outcome(End.FAIL, None, f"objective is not finite: {returned}")
-    return Outcome(End.COMPLETE, float(returned), None)
+    if not math.isfinite(number):
+        return Outcome(End.FAIL, None, f"objective is not finite: {number}")
+    return Outcome(End.COMPLETE, number, None)
+
+
+def _values_outcome(returned: Any, objectives: int) -> Outcome:
+    if not isinstance(returned, list | tuple) or len(returned) != objectives:
+        got = f"{len(returned)} values" if isinstance(returned, list | tuple) else "one value"
+        why = (f"hydra.sweeper.direction names {objectives} objectives, but the app returned "
+               f"{got}: {_short(returned)}; return a tuple of {objectives} numbers, or give "
+               "as many directions")  # fmt: skip
+        return Outcome(End.FAIL, None, why, fatal=True)
+    numbers = [_number(v) for v in returned]
+    if any(n is None for n in numbers):
+        return Outcome(End.FAIL, None, f"objective is not a tuple of numbers: {_short(returned)}")
+    if not all(math.isfinite(n) for n in numbers):  # type: ignore[arg-type]
+        return Outcome(End.FAIL, None, f"objective is not finite: {_short(returned)}")
+    return Outcome(End.COMPLETE, tuple(numbers), None)  # type: ignore[arg-type]
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a number: int, float, or a numpy / torch scalar (what
+    ``float()`` takes, as hydra-optuna-sweeper's does, but never a bool or a string)."""
+    if isinstance(value, bool | str | bytes) or not hasattr(value, "__float__"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # a tensor of several elements, say
+        return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def failure(error: BaseException) -> Outcome:
