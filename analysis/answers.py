@@ -207,7 +207,10 @@ def run_setting(results: SweepResults, key: str) -> object:
 
 def transfer_check(results: SweepResults) -> Answer | None:
     """Did the search's ranking hold at a longer budget? Transfer runs (``hydra.sweeper.
-    transfer``) or a budgeted sweep's candidates, against the search trials they continue."""
+    transfer``) or a budgeted sweep's candidates, against the search trials they continue.
+    None without them, and in a multi-objective study (it ranks by one objective)."""
+    if results.multi_objective:
+        return None
     trials = results.trials.set_index("number")
     longer = trials[trials["phase"].isin(["transfer", "candidate"])]
     longer = longer[longer["parent"].notna()]

@@ -19,7 +19,10 @@ Tables (column order and dtypes are part of the API):
 
     number              int64
     state               category: complete, pruned, fail, running, waiting
-    value               float64    the objective; NaN unless complete
+    value               float64    the objective; NaN unless complete, and always NaN in a
+                                   multi-objective study (its objectives: the next columns)
+    value_<i>           float64    a multi-objective study only: objective i (0, 1, ...), in the
+                                   order of ``directions``; NaN unless complete
     phase               string     search, candidate or final (a budgeted sweep, see
                                    sweeps/plan.py); <NA> for multirun jobs
     parent              Int64      the trial a candidate or final run continues
@@ -88,7 +91,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import outputs
-from sweeps.outputs import METRIC_TABLES, STATES, command_line, read_part, trial_row
+from sweeps.outputs import (
+    METRIC_TABLES,
+    STATES,
+    command_line,
+    read_best,
+    read_part,
+    trial_row,
+    value_columns,
+)
 from sweeps.storage import open_storage
 from tbptt import contract
 from tbptt.errors import ConfigError
@@ -120,10 +131,15 @@ class SweepResults:
         trials, steps, evals, grad_flow: the tables.
         study: the live Optuna study (importances, plots), or None: a multirun, or a sweep
             read from ``trials.parquet`` because its study lives in a remote storage.
+        directions: ``minimize`` / ``maximize``, one per objective (several: a multi-objective
+            study, its objectives in the ``value_<i>`` columns). The study's when there is one;
+            else ``best.yaml``'s; else each objective minimized.
 
     Example:
         >>> r = load(sweep_dir); r.params()
         ['optim.lr', 'clip', 'clip.max_norm', 'bptt.length']
+        >>> r.directions, r.objective_columns()
+        (('minimize',), ['value'])
     """
 
     path: Path
@@ -133,6 +149,45 @@ class SweepResults:
     evals: pd.DataFrame
     grad_flow: pd.DataFrame
     study: optuna.Study | None
+    directions: tuple[str, ...] = ("minimize",)
+
+    def __post_init__(self) -> None:
+        if self.study is not None:
+            self.directions = tuple(d.name.lower() for d in self.study.directions)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+    def objective_columns(self) -> list[str]:
+        """The trials table's objective columns: ``value``, or ``value_0``, ``value_1``, ..."""
+        if not self.multi_objective:
+            return ["value"]
+        return [f"value_{i}" for i in range(len(self.directions))]
+
+    def objective_labels(self) -> list[str]:
+        """Each objective column with its direction: ``value_0 (minimize)``."""
+        columns = self.objective_columns()
+        return [f"{c} ({d})" for c, d in zip(columns, self.directions, strict=True)]
+
+    def objective_views(self) -> list[SweepResults]:
+        """The sweep seen through each objective alone, as a single-objective sweep (``value``
+        holds that objective; an in-memory study of the complete trials valued by it): what
+        tables that rank by one value (knob effects, importances) read. ``[self]`` for a
+        single-objective sweep."""
+        if not self.multi_objective:
+            return [self]
+        return [self._one_objective(i) for i in range(len(self.directions))]
+
+    def _one_objective(self, i: int) -> SweepResults:
+        trials = self.trials.copy()
+        trials["value"] = trials[f"value_{i}"]
+        study = None
+        if self.study is not None:
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            valued = [_valued(t, t.values[i]) for t in complete]
+            study = memory_study([self.directions[i]], valued)
+        return replace(self, trials=trials, study=study, directions=(self.directions[i],))
 
     def params(self) -> list[str]:
         """The swept parameter keys, in the order of the ``param.<key>`` columns."""
@@ -149,7 +204,7 @@ class SweepResults:
         study = None
         if self.study is not None:  # an in-memory copy holding only those trials
             study = memory_study(
-                self.study.direction, [t for t in self.study.get_trials() if t.number in numbers]
+                self.directions, [t for t in self.study.get_trials() if t.number in numbers]
             )
         return replace(
             self,
@@ -161,17 +216,36 @@ class SweepResults:
         )
 
 
-def memory_study(direction: Any, trials: list[FrozenTrial]) -> optuna.Study:
-    """An in-memory study holding ``trials`` (what importances and plots read), created
-    without Optuna's "study created" log line."""
+def memory_study(directions: Sequence[str], trials: list[FrozenTrial]) -> optuna.Study:
+    """An in-memory study of ``directions`` (one per objective) holding ``trials`` (what
+    importances and plots read), created without Optuna's "study created" log line."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(direction=direction)
+        study = optuna.create_study(directions=list(directions))  # type: ignore[arg-type]
     finally:
         optuna.logging.set_verbosity(verbosity)
     study.add_trials(trials)
     return study
+
+
+def _valued(trial: FrozenTrial, value: float) -> FrozenTrial:
+    """A complete copy of ``trial`` with the single objective ``value``."""
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=value, params=trial.params,
+        distributions=trial.distributions, user_attrs=trial.user_attrs,
+    )  # fmt: skip
+
+
+def single_objective(results: SweepResults, what: str) -> None:
+    """Raise ValueError when ``what``, which ranks trials by one value, meets a
+    multi-objective study."""
+    if results.multi_objective:
+        raise ValueError(
+            f"{what} needs one objective, and {results.path} is a multi-objective study "
+            f"({', '.join(results.objective_labels())}): see its Pareto front, or take one "
+            "objective from results.objective_views()"
+        )
 
 
 def load(path: str | Path, *, study_name: str | None = None) -> SweepResults:
@@ -321,7 +395,9 @@ def _assemble(
     root: Path, kind: str, raw: pd.DataFrame, study: optuna.Study | None
 ) -> SweepResults:
     params = [c for c in raw.columns if c.startswith("param.")]
-    raw = raw.reindex(columns=[*TRIAL_COLUMNS, *params, "last_step"])
+    values = value_columns(raw)
+    directions = _directions(root, values) if study is None else ()  # else the study's
+    raw = raw.reindex(columns=[*TRIAL_COLUMNS, *values, *params, "last_step"])
     raw = raw.sort_values("number", ignore_index=True)
     found = _job_dirs(root, raw)
     missing = set(raw["number"]) - set(found)
@@ -337,7 +413,24 @@ def _assemble(
         evals=tables["evals"],
         grad_flow=tables["grad_flow"],
         study=study,
+        directions=directions,
     )
+
+
+def _directions(root: Path, values: list[str]) -> tuple[str, ...]:
+    """Without a study: ``best.yaml``'s directions (a multi-objective sweep writes them), else
+    each objective minimized."""
+    objectives = max(1, len(values))
+    named = (read_best(root) or {}).get("directions")
+    if named is None:
+        return ("minimize",) * objectives
+    if not (isinstance(named, list) and len(named) == objectives
+            and set(named) <= {"minimize", "maximize"}):  # fmt: skip
+        raise ConfigError(
+            f"{root / 'best.yaml'}: directions must be minimize or maximize for each of the "
+            f"{objectives} objective(s) of trials.parquet, got {named!r}"
+        )
+    return tuple(named)
 
 
 def _job_dirs(root: Path, raw: pd.DataFrame) -> dict[int, Path]:
@@ -403,8 +496,9 @@ def _trials_table(
     out = pd.DataFrame(index=raw.index)
     out["number"] = raw["number"].astype("int64")
     out["state"] = pd.Categorical(state, categories=STATES)
-    value = pd.to_numeric(raw["value"], errors="coerce").astype("float64")
-    out["value"] = value.where(state == "complete")
+    for name in ["value", *value_columns(raw)]:
+        value = pd.to_numeric(raw[name], errors="coerce").astype("float64")
+        out[name] = value.where(state == "complete")
     out["phase"] = _text(raw["phase"])
     out["parent"] = _int(raw["parent"])
     for name in params:

@@ -91,6 +91,11 @@ def names_section(doc: Document, results: SweepResults) -> None:
     """The section: the probe in one sentence and the sample's start, or one line saying why
     there is none (no checkpoint; a corpus without speaker lines, which is not sampled)."""
     doc.heading(HEADING)
+    if results.multi_objective:
+        doc.text("Not sampled: a multi-objective study has no one best model (see its Pareto "
+                 "front); `python -m tbptt.sample checkpoint=JOB_DIR/best.pt` samples any of "
+                 "its trials.")  # fmt: skip
+        return
     model = best_model(results)
     if model is None:
         doc.text(_no_model(results))

@@ -10,6 +10,9 @@ no global state and no GUI backend, so they work the same in scripts, tests and 
 Objective of a trial that did not complete: Optuna records no value for a pruned trial, so the
 figures that compare trials use the best validation loss it reached before it was stopped, drawn
 hollow: it is an optimistic stand-in measured on less compute, not a comparable value.
+
+A multi-objective study has no one objective: the figures that plot it raise ``ValueError``, and
+``pareto`` draws its trade-off instead (its front: ``front``, by Optuna's rule).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from optuna.trial import create_trial
 
-from analysis.load import SweepResults
+from analysis.load import SweepResults, memory_study, single_objective
 
 STATE_COLORS = {
     "complete": "tab:blue",
@@ -48,14 +52,16 @@ DPI = 100
 
 
 def minimizes(results: SweepResults) -> bool:
-    """The objective is a validation loss, minimized unless the study says otherwise."""
-    study = results.study
-    return study is None or study.direction == optuna.study.StudyDirection.MINIMIZE
+    """The objective is a validation loss, minimized unless the study says otherwise. A
+    multi-objective study has no one objective: the validation losses that stand in for its
+    unfinished trials' are minimized."""
+    return results.multi_objective or results.directions[0] == "minimize"
 
 
 def objectives(results: SweepResults) -> pd.DataFrame:
     """One row per trial: ``number``, ``state``, ``value`` and ``objective``: the value, or for a
-    trial that did not complete, the best validation loss it reached (NaN when none)."""
+    trial that did not complete, the best validation loss it reached (NaN when none). A
+    multi-objective study has no ``value``: every trial's objective is that validation loss."""
     frame = results.trials[["number", "state", "value"]].copy()
     frame["state"] = frame["state"].astype(str)
     evals = results.evals
@@ -69,17 +75,38 @@ def objectives(results: SweepResults) -> pd.DataFrame:
 
 
 def ranked(results: SweepResults) -> pd.DataFrame:
-    """Complete trials with a value, best first."""
+    """Complete trials with a value, best first (none in a multi-objective study: see
+    ``front``)."""
     frame = objectives(results)
     frame = frame[(frame["state"] == "complete") & frame["value"].notna()]
     return frame.sort_values("value", ascending=minimizes(results), kind="stable")
 
 
+def front(results: SweepResults) -> pd.DataFrame:
+    """A multi-objective study's Pareto front: the rows of the complete trials that no other
+    dominates (Optuna's rule, ``Study.best_trials``), best first on the first objective."""
+    if not results.multi_objective:
+        raise ValueError(
+            f"{results.path} has one objective: a Pareto front needs several "
+            "(hydra.sweeper.direction: [minimize, maximize], say)"
+        )
+    columns = results.objective_columns()
+    trials = results.trials
+    done = trials[trials["state"] == "complete"].dropna(subset=columns)
+    values = done[columns].to_numpy(float)
+    study = memory_study(results.directions, [create_trial(values=list(v)) for v in values])
+    on = sorted(t.number for t in study.best_trials)  # positions in `done`
+    first = results.directions[0] == "minimize"
+    return done.iloc[on].sort_values(columns[0], ascending=first, kind="stable")
+
+
 def pick_trials(results: SweepResults, available: Iterable[int], n_best: int = 3) -> list[int]:
-    """The ``n_best`` best complete trials and the worst pruned one, among ``available``;
-    when none of those has data, the first ``n_best`` available trials."""
+    """The ``n_best`` best complete trials (a multi-objective study: of its Pareto front) and
+    the worst pruned one, among ``available``; when none of those has data, the first
+    ``n_best`` available trials."""
     available = set(int(n) for n in available)
-    best = [int(n) for n in ranked(results)["number"] if n in available][:n_best]
+    leaders = front(results) if results.multi_objective else ranked(results)
+    best = [int(n) for n in leaders["number"] if n in available][:n_best]
     frame = objectives(results)
     pruned = frame[(frame["state"] == "pruned") & frame["number"].isin(available)]
     pruned = pruned.sort_values("objective", ascending=not minimizes(results), na_position="last")
@@ -274,6 +301,7 @@ def _swept_or_realized(results: SweepResults, keys: Sequence[str], step_column: 
 def objective_vs_params(results: SweepResults, path: Path | str) -> Path:
     """Objective against the learning rate (log x) and against the BPTT length, by state; a
     quantity that does not vary across trials gets no panel, and the title says so."""
+    single_objective(results, "the objective-vs-parameters figure")
     candidates = {
         "learning rate": _swept_or_realized(results, ["optim.lr"], "lr"),
         "BPTT length": _swept_or_realized(results, ["bptt.length", "bptt.k1"], "k1"),
@@ -320,6 +348,7 @@ def _scatter_by_state(ax: Axes, x: pd.Series, frame: pd.DataFrame) -> None:
 
 def clip_modes(results: SweepResults, path: Path | str) -> Path:
     """Objective per clipping mode: a box over the complete trials, every trial as a dot."""
+    single_objective(results, "the clip-mode figure")
     if "param.clip" not in results.trials:
         raise ValueError("clip is not a swept parameter (trials.parquet has no param.clip)")
     frame = objectives(results).set_index("number")
@@ -359,6 +388,7 @@ def param_importances(results: SweepResults) -> dict[str, float]:
     study = results.study
     if study is None:
         raise ValueError("no Optuna study (a plain Hydra multirun has none)")
+    single_objective(results, "importance")
     if not results.params():
         raise ValueError("no swept parameters")
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -502,6 +532,45 @@ def timeline(results: SweepResults, path: Path | str) -> Path:
         title="one bar per trial",
     )
     return _save(fig, path)
+
+
+LABELLED_FRONT = 30  # a front of at most this many trials has its trial numbers drawn
+
+
+def pareto(results: SweepResults, path: Path | str) -> Path:
+    """A multi-objective study's trade-off: every complete trial as a point in the plane of
+    the first two objectives, the Pareto front highlighted and joined in order of the first.
+    With three or more objectives the front is over all of them, so some of its trials may
+    look dominated in this plane; the title says so."""
+    best = front(results)  # ValueError for one objective
+    columns, labels = results.objective_columns(), results.objective_labels()
+    trials = results.trials
+    done = trials[trials["state"] == "complete"].dropna(subset=columns)
+    if done.empty:
+        raise ValueError("no trial completed")
+    fig, (ax,) = _axes(width=7.0)
+    x, y = columns[0], columns[1]
+    ax.scatter(done[x], done[y], s=30, color="tab:gray", alpha=0.6,
+               label=f"complete trial ({len(done)})")  # fmt: skip
+    _draw_front(ax, best, x, y)
+    title = f"Pareto front: {len(best)} of {len(done)} complete trials"
+    k = len(columns)
+    if k > 2:
+        title += f"\n(the first 2 of {k} objectives; the front is over all {k})"
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+    ax.legend(fontsize="small", title="labels: trial numbers")
+    return _save(fig, path)
+
+
+def _draw_front(ax: Axes, best: pd.DataFrame, x: str, y: str) -> None:
+    ax.plot(best[x], best[y], "o-", color="tab:red", ms=7, lw=1.2,
+            label=f"Pareto front ({len(best)})")  # fmt: skip
+    if len(best) > LABELLED_FRONT:  # the numbers would cover each other
+        return
+    numbers = best.groupby([x, y], sort=False)["number"]  # trials at one point share a label
+    for (bx, by), at in numbers:
+        ax.annotate(", ".join(str(n) for n in at), (bx, by), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
 
 
 # The report's figures, in reading order: file stem -> function(results, path).

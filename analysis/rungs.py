@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from analysis.load import SweepResults, memory_study
+from analysis.load import SweepResults, memory_study, single_objective
 
 MIN_TRIALS = 10  # trials a rung needs before its effects are worth a table
 
@@ -49,6 +49,7 @@ def rung_losses(results: SweepResults) -> pd.DataFrame:
 def effects_view(results: SweepResults, min_trials: int = MIN_TRIALS) -> EffectsView:
     """Complete trials when there are ``min_trials`` of them (or every trial completed), else
     the deepest rung that at least ``min_trials`` trials (or all of them) reached."""
+    single_objective(results, "knob effects")
     trials = results.trials
     complete = int(((trials["state"] == "complete") & trials["value"].notna()).sum())
     losses = rung_losses(results)
@@ -72,6 +73,7 @@ def at_rung(results: SweepResults, rung: int) -> SweepResults:
     """The sweep as it stood at evaluation ``rung``: the trials that reached it, each valued by
     its loss there (its state still says how it ended); an in-memory study of them, all
     complete, for Optuna's importances."""
+    single_objective(results, "a rung's view")  # its one value is a validation loss
     losses = rung_losses(results)
     value = losses[losses["rung"] == rung].set_index("trial")["val_loss"]
     trials = results.trials[results.trials["number"].isin(value.index)].copy()
@@ -92,4 +94,4 @@ def _study(results: SweepResults, value: pd.Series) -> optuna.Study | None:
         for t in results.study.get_trials(deepcopy=False)
         if t.number in value.index
     ]
-    return memory_study(results.study.direction, trials)
+    return memory_study(results.directions, trials)
