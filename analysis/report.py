@@ -7,6 +7,12 @@ each swept knob did (and how important Optuna judges it); which trials were stop
 which token; whether the gradient vanished or exploded; then the figures of ``analysis.plots``.
 A figure the data cannot support (no ``clip`` parameter, no timestamps) becomes a note.
 
+A multi-objective study (``hydra.sweeper.direction: [minimize, maximize]``) has no best trial:
+its report gives the Pareto front instead (each of its trials, and a figure of every trial in
+the plane of the first two objectives, ``report/pareto.png``), the knob effects per objective,
+and leaves out what ranks trials by one value (the top trials, the transfer check, the figures
+of the objective against the parameters, the best model's sample).
+
 Gradient health reads the per-step decay factor f that the trainer fits to ||dL_t/dh_{t-j}|| ~
 c * f**j where the flow is measured (halfway and at the end of a run: ``evals.decay_factor``),
 at the trial's last measurement:
@@ -32,15 +38,15 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.answers import Answer, answer_of, transfer_check
-from analysis.load import SweepResults, load
+from analysis.load import SweepResults, load, single_objective
 from analysis.names import names_section
-from analysis.plots import PLOTS, minimizes, objectives, param_importances, ranked
+from analysis.plots import PLOTS, front, minimizes, objectives, param_importances, pareto, ranked
 from analysis.rungs import effects_view
 from sweeps.outputs import read_best
 from sweeps.storage import mask_url
@@ -115,6 +121,8 @@ def health_table(results: SweepResults) -> pd.DataFrame:
     ]
     frame = frame.reset_index().rename(columns={"number": "trial"})
     columns = ["trial", "state", "objective", "first", "last", "k2", "verdict"]
+    if results.multi_objective:  # no one objective (its values: the Pareto front's table)
+        columns.remove("objective")
     return frame[columns].rename(columns=HEALTH_COLUMNS)
 
 
@@ -123,6 +131,7 @@ def health_table(results: SweepResults) -> pd.DataFrame:
 
 def top_trials(results: SweepResults, n: int = TOP_N) -> pd.DataFrame:
     """The ``n`` best complete trials: rank, trial, value, bits/char, parameters, tokens, time."""
+    single_objective(results, "the top trials")
     best = ranked(results).head(n)
     trials = results.trials.set_index("number").loc[best["number"]]
     frame = pd.DataFrame({"rank": range(1, len(best) + 1), "trial": best["number"].to_numpy()})
@@ -137,12 +146,44 @@ def top_trials(results: SweepResults, n: int = TOP_N) -> pd.DataFrame:
     return frame
 
 
+def pareto_table(results: SweepResults) -> pd.DataFrame:
+    """A multi-objective study's Pareto front, best first on the first objective: trial, each
+    objective's value (headed by its direction), parameters and the command that reruns it."""
+    best = front(results)
+    frame = pd.DataFrame({"trial": best["number"].to_numpy()})
+    for column, label in zip(results.objective_columns(), results.objective_labels(),
+                             strict=True):  # fmt: skip
+        frame[label] = best[column].to_numpy()
+    for key in results.params():
+        frame[key] = best[f"param.{key}"].to_numpy()
+    commands = _front_commands(results.path)
+    rows = zip(frame["trial"], best["overrides"], strict=True)
+    frame["command"] = [commands.get(int(n)) or _command(o) for n, o in rows]
+    return frame
+
+
+def _front_commands(sweep_dir: Path) -> dict[int, str]:
+    """Trial -> command, as best.yaml's Pareto front gives them (they name the app)."""
+    listed = (read_best(sweep_dir) or {}).get("pareto_front")
+    if not isinstance(listed, list):
+        return {}
+    return {int(t["trial"]): str(t["command"]) for t in listed
+            if isinstance(t, dict) and "trial" in t and "command" in t}  # fmt: skip
+
+
+def _command(overrides: object) -> str:
+    """The single run of a trial whose command no file records: tbptt.train's."""
+    text = overrides if isinstance(overrides, str) else ""
+    return f"python -m tbptt.train {text}".strip()
+
+
 def knob_effects(results: SweepResults) -> pd.DataFrame:
     """One row per swept key: its type, the trials with a value it was sampled in, its effect on
     the objective (Spearman rank correlation, or the best and worst value's mean), the best
     trial's value and Optuna's importance. Trials with a value are the complete ones; pass
     ``analysis.rungs.effects_view(results).results`` to count pruned trials too, valued at the
     rung they reached."""
+    single_objective(results, "knob effects")
     try:
         scores = param_importances(results)
     except ValueError:
@@ -205,6 +246,7 @@ def _effect(done: pd.DataFrame, minimize: bool) -> str:
 def value_effects(results: SweepResults, key: str) -> pd.DataFrame:
     """Per value of a categorical key: trials, how many completed, mean and best objective (of
     the trials with a value: the complete ones, or every trial at a rung)."""
+    single_objective(results, "value effects")
     trials = results.trials
     values = trials[f"param.{key}"].astype("string")
     minimize = minimizes(results)
@@ -364,16 +406,24 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _summary(doc: Document, results: SweepResults) -> None:
     states = results.trials["state"].astype(str).value_counts()
     counts = ", ".join(f"{states[s]} {s}" for s in states.index if states[s])
-    direction = "minimized" if minimizes(results) else "maximized"
     doc.heading(f"Sweep report: {results.path.name}", level=1)
     doc.bullets(
         [
             f"directory: `{results.path}` ({results.kind})",
             f"{len(results.trials)} trials: {counts or 'none'}",
-            f"objective: validation loss in nats/char, {direction}",
+            _objective_line(results),
             f"swept: {', '.join(f'`{k}`' for k in results.params()) or 'nothing'}",
         ]
     )
+
+
+def _objective_line(results: SweepResults) -> str:
+    if not results.multi_objective:
+        direction = "minimized" if minimizes(results) else "maximized"
+        return f"objective: validation loss in nats/char, {direction}"
+    named = ", ".join(f"`{c}` {d}d" for c, d in zip(results.objective_columns(),
+                                                     results.directions, strict=True))  # fmt: skip
+    return f"{len(results.directions)} objectives (a multi-objective study): {named}"
 
 
 def _answer(doc: Document, question: str | None, answer: Answer | None) -> None:
@@ -410,9 +460,8 @@ def _best(doc: Document, results: SweepResults) -> None:
         number = int(top["number"].iloc[0])
         row = results.trials.set_index("number").loc[number]
         params = {k: row[f"param.{k}"] for k in results.params() if pd.notna(row[f"param.{k}"])}
-        overrides = row["overrides"] if pd.notna(row["overrides"]) else ""
         best = {"trial": number, "value": float(row["value"]), "params": params}
-        best["command"] = f"python -m tbptt.train {overrides}".strip()
+        best["command"] = _command(row["overrides"])
     final = best.get("final")
     if isinstance(final, dict):
         _final(doc, best, final)
@@ -450,6 +499,37 @@ def _best_yaml(sweep_dir: Path) -> dict | None:
     return doc if doc is not None and "command" in doc and "value" in doc else None
 
 
+def _pareto(doc: Document, results: SweepResults, figures: Path) -> None:
+    """A multi-objective study's answer: its Pareto front, as a table and a figure."""
+    doc.heading("Pareto front")
+    table = pareto_table(results)
+    if table.empty:
+        doc.text("No trial completed, so there is no Pareto front yet.")
+        return
+    complete = int((results.trials["state"] == "complete").sum())
+    doc.text(
+        f"{len(table)} of {complete} complete trials are on the Pareto front: no other trial is "
+        "as good on every objective and better on one. Best first on "
+        f"`{results.objective_labels()[0]}`; each reruns as a single run with its command."
+    )
+    doc.table(table)
+    doc.image(pareto(results, figures / "pareto.png"), _pareto_caption(results))
+    best = read_best(results.path) or {}
+    if best.get("storage"):
+        doc.text(f"Study `{best.get('study_name')}` in `{best['storage']}`.")
+
+
+def _pareto_caption(results: SweepResults) -> str:
+    x, y, *rest = results.objective_labels()
+    caption = f"Every complete trial by {x} and {y}; red, joined: the Pareto front"
+    if rest:
+        caption += (
+            f" (the first two of {len(rest) + 2} objectives: the front is over all of them, "
+            "so some of its trials look dominated here)"
+        )
+    return caption
+
+
 def _top(doc: Document, results: SweepResults) -> None:
     top = top_trials(results)
     doc.heading(f"Top {TOP_N} trials")
@@ -464,26 +544,51 @@ def _knobs(doc: Document, results: SweepResults) -> None:
     if not results.params():
         doc.text("Nothing was swept.")
         return
+    if results.multi_objective:
+        _knobs_per_objective(doc, results)
+        return
     if len(results.search_only().trials) < len(results.trials):
         doc.text("Search trials only: candidates, final and transfer runs are left out (they "
                  "repeat their parents' parameters at more compute).")  # fmt: skip
         results = results.search_only()
     view = effects_view(results)
-    shown = view.results
-    effects = knob_effects(shown)
+    doc.text(f"Computed from {view.note}. {EFFECTS_NOTE} {_importance_note(view.results)}")
+    _effect_tables(doc, view.results, level=3)
+
+
+EFFECTS_NOTE = (
+    "Effect on the objective: Spearman rank correlation for numeric knobs, mean objective per "
+    "value for categorical ones."
+)
+
+
+def _knobs_per_objective(doc: Document, results: SweepResults) -> None:
+    """A multi-objective study's knob effects: one set of tables per objective."""
+    complete = int((results.trials["state"] == "complete").sum())
+    doc.text(f"Each objective on its own, computed from the {complete} complete trials. "
+             f"{EFFECTS_NOTE}")  # fmt: skip
+    for label, view in zip(results.objective_labels(), results.objective_views(), strict=True):
+        doc.heading(f"Objective `{label}`", level=3)
+        doc.text(_importance_note(view))
+        _effect_tables(doc, view, level=4)
+
+
+def _importance_note(results: SweepResults) -> str:
     try:
-        param_importances(shown)
-        note = "Importance: Optuna's PED-ANOVA on the same trials (sums to 1)."
+        param_importances(results)
     except ValueError as why:
-        note = f"No importances: {why}."
-    doc.text(
-        f"Computed from {view.note}. Effect on the objective: Spearman rank correlation for "
-        f"numeric knobs, mean objective per value for categorical ones. {note}"
-    )
+        return f"No importances: {why}."
+    return "Importance: Optuna's PED-ANOVA on the same trials (sums to 1)."
+
+
+def _effect_tables(doc: Document, results: SweepResults, level: int) -> None:
+    """The knob effects of a single-objective ``results``, and each categorical knob's
+    values."""
+    effects = knob_effects(results)
     doc.table(effects)
     for key in effects.loc[effects["type"] == "categorical", "knob"]:
-        doc.heading(f"`{key}` by value", level=3)
-        doc.table(value_effects(shown, key))
+        doc.heading(f"`{key}` by value", level=level)
+        doc.table(value_effects(results, key))
 
 
 def _stopped(doc: Document, results: SweepResults) -> None:
@@ -517,11 +622,18 @@ def _health(doc: Document, results: SweepResults) -> None:
 
 
 SEARCH_PLOTS = ("objective_vs_params", "clip_modes", "importances")  # knob effects: search only
+ONE_OBJECTIVE_PLOTS = ("objective_vs_params", "clip_modes", "importances")
 
 
 def _figures(doc: Document, results: SweepResults, figures: Path) -> None:
     doc.heading("Figures")
-    for name, draw in PLOTS.items():
+    plots = PLOTS
+    if results.multi_objective:
+        plots = {k: v for k, v in PLOTS.items() if k not in ONE_OBJECTIVE_PLOTS}
+        left_out = ", ".join(f"*{CAPTIONS[k]}*" for k in ONE_OBJECTIVE_PLOTS)
+        doc.text(f"{left_out}: drawn for one objective, not for a multi-objective study (its "
+                 "Pareto front is drawn above).")  # fmt: skip
+    for name, draw in plots.items():
         shown = results.search_only() if name in SEARCH_PLOTS else results
         try:
             path = draw(shown, figures / f"{name}.png")
@@ -532,6 +644,9 @@ def _figures(doc: Document, results: SweepResults, figures: Path) -> None:
 
 
 # -- entry points -------------------------------------------------------------------------
+
+
+Section = Callable[[Document, SweepResults], None]
 
 
 def write_report(
@@ -548,9 +663,14 @@ def write_report(
     question, answer = answer_of(results)
     _summary(doc, results)
     _answer(doc, question, answer)
-    _best(doc, results)
-    _transfer(doc, results, answer)
-    for section in (_top, _knobs, _stopped, _health, names_section):
+    if results.multi_objective:  # no best trial: the front; nothing that ranks by one value
+        _pareto(doc, results, out / "report")
+        sections: tuple[Section, ...] = (_knobs, _stopped, _health)
+    else:
+        _best(doc, results)
+        _transfer(doc, results, answer)
+        sections = (_top, _knobs, _stopped, _health, names_section)
+    for section in sections:
         section(doc, results)
     _figures(doc, results, out / "report")
     (out / "report.html").write_text(doc.html(f"Sweep report: {results.path.name}"))
