@@ -24,6 +24,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.space import to_overrides
 from sweeps.storage import open_storage
 
@@ -183,3 +184,26 @@ def build_large_sweep(sweep_dir: Path, n: int) -> None:
             )  # fmt: skip
         )
     study.add_trials(trials)
+
+
+def build_multi_objective_sweep(
+    sweep_dir: Path, directions: list[str], values: list[tuple[float, ...] | None]
+) -> optuna.Study:
+    """A multi-objective sweep as the sweeper leaves it (study.journal, study.yaml,
+    trials.parquet, best.yaml): trial i ends with ``values[i]`` (None: it failed), after small
+    metric tables in its job directory."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    claim_sweep_dir(sweep_dir, "tbptt", None)
+    storage = open_storage(None, sweep_dir)
+    study = optuna.create_study(study_name="tbptt", storage=storage, directions=directions)
+    for number, told in enumerate(values):
+        trial = start(study, {"optim.lr": 1e-3 * (number + 1), "bptt.length": 4 + number % 13})
+        job_dir = sweep_dir / str(number)
+        write_job(job_dir, job_files(4), {"completed": told is not None, "tokens": 128})
+        trial.set_user_attr("job_dir", str(job_dir))
+        if told is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, list(told))
+    SweepOutputs(sweep_dir, None).write(study)
+    return study
