@@ -33,7 +33,9 @@ class TPESamplerConfig:
     n_startup_trials: int = 8
     n_ei_candidates: int = 24
     multivariate: bool = True
-    group: bool = True  # needed with conditional parameters and multivariate TPE
+    # Needed with conditional parameters and multivariate TPE; Optuna refuses it without
+    # multivariate, so it follows multivariate unless set (the plugin's multivariate: false).
+    group: Any = "${.multivariate}"
     warn_independent_sampling: bool | None = None
     constant_liar: bool = True  # parallel workers do not all sample the same point
     constraints_func: Any = None

@@ -222,7 +222,7 @@ class SweepOutputs:
         >>> outputs = SweepOutputs(tmp_path, None)
         >>> outputs.record(study, 0); outputs.record(study, 1)
         >>> sorted(p.name for p in tmp_path.iterdir())
-        ['best.yaml', 'trials.parquet']
+        ['best.yaml', 'optimization_results.yaml', 'trials.parquet']
     """
 
     def __init__(self, sweep_dir: Path, storage: str | None) -> None:

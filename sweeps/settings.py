@@ -33,7 +33,8 @@ from tbptt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("minimize", "maximize")
-KNOWN_KEYS = tuple(f.name for f in fields(SweeperConfig) if f.name not in ("_target_", "defaults"))
+HIDDEN_KEYS = ("_target_", "_recursive_", "defaults")  # Hydra's own, never given to the sweeper
+KNOWN_KEYS = tuple(f.name for f in fields(SweeperConfig) if f.name not in HIDDEN_KEYS)
 # Samplers that Optuna refuses for a study of several objectives.
 SINGLE_OBJECTIVE = {"optuna.samplers.CmaEsSampler": "cmaes"}
 
@@ -42,7 +43,7 @@ def check_known_keys(keys: Any) -> None:
     """An unknown key under ``hydra.sweeper`` (``+hydra.sweeper.n_trails=2`` composes) would
     be ignored: it is an error naming the nearest known key."""
     for key in keys:
-        if key in KNOWN_KEYS or key == "_recursive_":
+        if key in KNOWN_KEYS or key in HIDDEN_KEYS:
             continue
         near = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1, cutoff=0.6)
         hint = f"did you mean hydra.sweeper.{near[0]}?" if near else "known keys: " + ", ".join(
@@ -98,8 +99,8 @@ def _grammar(spec: dict[str, Any], where: str) -> str:
     if kind not in ("int", "float") or spec.get("low") is None or spec.get("high") is None:
         raise ConfigError(f"{where}: type must be int, float or categorical, with low and high")
     low, high, step = spec["low"], spec["high"], spec.get("step")
-    if kind == "int":
-        low, high, step = int(low), int(high), int(step) if step is not None else None
+    cast = int if kind == "int" else float
+    low, high, step = cast(low), cast(high), cast(step) if step is not None else None
     bounds = f"{_format(low)}, {_format(high)}"
     if step is not None and not spec.get("log"):
         return f"range({bounds}, step={_format(step)})"
@@ -107,10 +108,10 @@ def _grammar(spec: dict[str, Any], where: str) -> str:
     return f"tag(log, {interval})" if spec.get("log") else interval
 
 
-def check_sampler(sampler: DictConfig, directions: list[str]) -> None:
+def check_sampler(sampler: DictConfig | None, directions: list[str]) -> None:
     """What Optuna would refuse only once trials run: a removed sampler, or one that cannot
     take several objectives."""
-    target = str(sampler.get("_target_", ""))
+    target = str(sampler.get("_target_", "")) if sampler is not None else ""
     if target == MOTPE:
         raise ConfigError(
             "hydra/sweeper/sampler=motpe: Optuna 4 removed MOTPESampler; use "
@@ -142,6 +143,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_settings(cfg: DictConfig) -> None:
+    check_known_keys(cfg.keys())
     _check_counts(cfg)
     _check_times(cfg)
     _check(cfg.study_name is None or bool(str(cfg.study_name).strip()),

@@ -39,15 +39,20 @@ DISTRIBUTIONS: list[tuple[str, str, BaseDistribution]] = [
     ("model.hidden_size", "tag(log, int(interval(16, 256)))", Int(16, 256, log=True)),
     ("model.hidden_size", "tag(log, int, interval(16, 256))", Int(16, 256, log=True)),
     ("model.embed_size", "int(interval(1.5, 10.7))", Int(1, 10)),  # int() truncates
-    ("model.layers", "range(1, 4)", Int(1, 3)),  # stop excluded, as in Python
+    # The stop is a value (hydra-optuna-sweeper's IntDistribution / FloatDistribution reading,
+    # unlike Python's range and Hydra's basic sweeper); a stop off the grid is not.
+    ("model.layers", "range(1, 4)", Int(1, 4)),
     ("bptt.length", "range(16, 129, 16)", Int(16, 128, step=16)),
-    ("bptt.length", "range(128, 0, -32)", Int(32, 128, step=32)),
-    ("trainer.threads", "tag(log, range(1, 9))", Int(1, 8, log=True)),
-    ("model.dropout", "range(0, 0.5, 0.1)", Float(0.0, 0.4, step=0.1)),
-    ("model.dropout", "float(range(0, 3))", Float(0.0, 2.0, step=1.0)),
-    # Hydra's float range reaches its stop here (0.1 + 3 * 0.1 in 28-digit Decimal < 0.4): the
-    # space holds what Hydra's basic sweeper would run, ending on Optuna's decimal grid.
+    ("bptt.length", "range(128, 0, -32)", Int(0, 128, step=32)),
+    ("trainer.threads", "tag(log, range(1, 9))", Int(1, 9, log=True)),
+    ("model.dropout", "range(0, 0.5, 0.1)", Float(0.0, 0.5, step=0.1)),
+    ("model.dropout", "range(0, 0.45, 0.1)", Float(0.0, 0.4, step=0.1)),
+    ("model.dropout", "float(range(0, 3))", Float(0.0, 3.0, step=1.0)),
     ("model.dropout", "range(0.1, 0.4, 0.1)", Float(0.1, 0.4, step=0.1)),
+    ("model.dropout", "range(0.5, 0.5, 0.1)", Float(0.5, 0.5, step=0.1)),
+    # shuffle(): a categorical of what the basic sweeper runs (the plugin's reading)
+    ("model.cell", "shuffle(lstm, gru)", Categorical(["lstm", "gru"])),
+    ("model.layers", "shuffle(range(1, 4))", Categorical([1, 2, 3])),
     ("model.cell", "choice(lstm, gru, rnn_tanh)", Categorical(["lstm", "gru", "rnn_tanh"])),
     ("clip", "choice(none, norm, value)", Categorical(["none", "norm", "value"])),
     ("model.layers", "1,2,3", Categorical([1, 2, 3])),
@@ -116,12 +121,10 @@ BAD: list[tuple[str, str, str]] = [
     ("model.layers", "range(5, 1)", f"{P}.model.layers: range(5, 1, 1) has no values"),
     (
         "model.dropout",
-        "range(0.5, 0.5, 0.1)",
-        f"{P}.model.dropout: range(0.5, 0.5, 0.1) has no values",
+        "range(0.5, 0.4, 0.1)",
+        f"{P}.model.dropout: range(0.5, 0.4, 0.1) has no values",
     ),
     ("model.layers", "range(1, 3, 0)", f"{P}.model.layers: range(1, 3, 0) has step 0"),
-    ("model.cell", "shuffle(lstm, gru)", f"{P}.model.cell: shuffle() is not supported"),
-    ("model.layers", "shuffle(range(1, 4))", f"{P}.model.layers: shuffle() is not supported"),
     ("model.cell", "glob(*)", f"{P}.model.cell: glob() is not supported"),
     (
         "optim.lr",
@@ -346,7 +349,7 @@ class RecordingTrial:
         ("range(2, 11, 2)", ("int", "x", 2, 10, 2, False)),
         ("tag(log, int(interval(1, 64)))", ("int", "x", 1, 64, 1, True)),
         ("tag(log, interval(0.1, 1))", ("float", "x", 0.1, 1.0, None, True)),
-        ("range(0, 1, 0.25)", ("float", "x", 0.0, 0.75, 0.25, False)),
+        ("range(0, 1, 0.25)", ("float", "x", 0.0, 1.0, 0.25, False)),
     ],
 )
 def test_suggest_calls_the_matching_trial_method(value: str, call: tuple[Any, ...]) -> None:
