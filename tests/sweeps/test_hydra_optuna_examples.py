@@ -207,3 +207,44 @@ def test_a_misspelt_sweeper_key_names_the_nearest_one(plugin_dir, tmp_path):
         "error: hydra.sweeper.n_trails is not a setting of this sweeper; did you mean "
         "hydra.sweeper.n_trials?"
     )
+
+
+@pytest.fixture(scope="module")
+def their_plugin(tmp_path_factory) -> Path:
+    """hydra-optuna-sweeper's wheel (1.2.0, the last on PyPI), installed into a folder of its own
+    from the package registry, so that it sits beside this project as a user's would."""
+    target = tmp_path_factory.mktemp("hydra-optuna-sweeper")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+           str(target), "hydra-optuna-sweeper==1.2.0"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    assert (target / "hydra_plugins" / "hydra_optuna_sweeper" / "config.py").is_file()
+    return target
+
+
+# Their folder on sys.path before site-packages (PYTHONPATH) or after it (appended at start-up):
+# Hydra's plugin scan then meets their config module before ours or after it.
+FIRST = ["{script}"]
+LAST = ["-c", "import runpy, sys; sys.path.append({target!r}); sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')", "{script}"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("script", ["sphere.py", "multi-objective.py"])
+def test_with_their_plugin_installed_too_the_examples_run_on_this_sweeper(
+    plugin_dir, tmp_path, their_plugin, where, script
+):
+    head = FIRST if where == "first" else LAST
+    cmd = [sys.executable, *(part.format(script=f"example/{script}", target=str(their_plugin))
+                             for part in head), "--multirun", f"hydra.sweep.dir={tmp_path}",
+           "hydra.sweeper.n_trials=6"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(their_plugin) if where == "first" else ""}
+    proc = subprocess.run(cmd, cwd=plugin_dir, capture_output=True, text=True, timeout=240,
+                          env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert said.count("hydra-optuna-sweeper 1.2.0 is installed too") == 1
+    assert (tmp_path / "trials.parquet").is_file()  # this project's outputs, not theirs alone
+    found = results(tmp_path)
+    assert found["name"] == "optuna"
+    assert ("solutions" in found) == (script == "multi-objective.py")
