@@ -7,6 +7,11 @@ the report puts what the function returns at its top (``answer_of``). A verdict 
 the ``SweepResults`` and returns an ``Answer``: plain sentences a user can act on, each with the
 numbers it rests on, and the tables behind them. Any sweep can name its own function.
 
+A sweep directory is data, so opening one runs no code it names: of the names ``study.yaml``
+records, the report calls only this module's verdicts (``VERDICTS``). Any other it leaves
+unimported, saying how to run it (``python -m analysis.report DIR --answer module.function``):
+the command line is where a function is chosen.
+
 The yardsticks, in nats per character:
 
 - *chance*: ln(V) for a vocabulary of V characters (the run's ``result.json`` records V): what a
@@ -21,6 +26,7 @@ The yardsticks, in nats per character:
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +59,52 @@ class Answer:
 Verdict = Callable[[SweepResults], Answer]
 
 
-def answer_of(results: SweepResults) -> tuple[str | None, Answer | None]:
-    """The study's question and its answer, from the function ``study.yaml`` names (None, None:
-    the study names none)."""
+@dataclass(frozen=True, kw_only=True)
+class StudyAnswer:
+    """The study's question and its answer; ``function``: the verdict function named (None:
+    none), ``imported``: whether it was imported and called."""
+
+    question: str | None
+    answer: Answer | None
+    function: str | None = None
+    imported: bool = False
+
+
+def answer_of(results: SweepResults, answer: str | None = None) -> StudyAnswer:
+    """The study's question (``study.yaml``) and its answer: from ``answer`` (``module.function``,
+    given on the command line: imported, ``ConfigError`` if it cannot be), else from the function
+    ``study.yaml`` names, when that is one of ``VERDICTS``; any other is not imported."""
     about = read_study_file(results.path)
-    question, path = about.get("question"), about.get("answer")
-    if not path:
-        return question, None
+    question, named = about.get("question"), about.get("answer")
+    if answer is not None:
+        verdict, path = answer_function(answer, key="--answer"), answer
+    elif not named:
+        return StudyAnswer(question=question, answer=None)
+    else:
+        path = str(named)
+        if path not in VERDICTS:
+            return StudyAnswer(
+                question=question, answer=_not_imported(path, results), function=path
+            )
+        verdict = VERDICTS[path]
     try:
-        return question, answer_function(str(path))(results)
+        found = verdict(results)
     except Exception as err:  # a broken verdict costs its section, not the whole report
-        return question, Answer([f"The answer could not be computed ({path}): {summary(err)}."])
+        found = Answer([f"The answer could not be computed ({path}): {summary(err)}."])
+    return StudyAnswer(question=question, answer=found, function=path, imported=True)
+
+
+def _not_imported(path: str, results: SweepResults) -> Answer:
+    ours = ", ".join(sorted(name.rpartition(".")[2] for name in VERDICTS))
+    command = (
+        f"python -m analysis.report {shlex.quote(str(results.path))} --answer {shlex.quote(path)}"
+    )
+    return Answer(
+        [
+            f"The study names its verdict function `{path}`, which is not one of the verdicts "
+            f"of {__name__} ({ours}): it was not imported. To use it, run `{command}`."
+        ]
+    )
 
 
 # -- what each trial did ------------------------------------------------------------------
@@ -633,3 +674,11 @@ def _recall_sentence(k1: int, rows: pd.DataFrame, delay: int) -> str:
         + f". Theory: every loss reaches the dependency from k2 = delay + k1 - 1 = {theory}"
         + (": agrees." if agrees else ": disagrees (see the table).")
     )
+
+
+# The verdict functions a sweep directory's study.yaml may name and have run unprompted (see
+# answer_of): this module's own, by the dotted name a sweep records.
+VERDICTS: dict[str, Verdict] = {
+    f"{__name__}.{verdict.__name__}": verdict
+    for verdict in (lr_range, bptt_length, clipping, random_bptt, k1_k2, k1_k2_recall)
+}

@@ -27,6 +27,10 @@ at the trial's last measurement:
 
 Every string that reaches the report passes through ``sweeps.storage.mask_url``: a storage URL
 with a password (in an override, a failure message or ``best.yaml``) never appears unmasked.
+
+Opening a sweep directory runs no code that its files name: the Answer section comes from the
+function ``--answer module.function`` gives, else from the one ``study.yaml`` names only if it
+is a verdict of ``analysis.answers`` (``analysis.answers.answer_of``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.answers import Answer, answer_of, transfer_check
+from analysis.answers import Answer, StudyAnswer, answer_of, transfer_check
 from analysis.load import SweepResults, load, single_objective
 from analysis.names import names_section
 from analysis.plots import PLOTS, front, minimizes, objectives, param_importances, pareto, ranked
@@ -426,14 +430,14 @@ def _objective_line(results: SweepResults) -> str:
     return f"{len(results.directions)} objectives (a multi-objective study): {named}"
 
 
-def _answer(doc: Document, question: str | None, answer: Answer | None) -> None:
-    if answer is None:
+def _answer(doc: Document, study: StudyAnswer) -> None:
+    if study.answer is None:
         return
     doc.heading("Answer")
-    if question:
-        doc.text(f"**Question:** {question}")
-    doc.bullets(answer.findings)
-    for caption, table in answer.tables.items():
+    if study.question:
+        doc.text(f"**Question:** {study.question}")
+    doc.bullets(study.answer.findings)
+    for caption, table in study.answer.tables.items():
         doc.heading(caption, level=3)
         doc.table(table)
 
@@ -650,25 +654,29 @@ Section = Callable[[Document, SweepResults], None]
 
 
 def write_report(
-    results_or_path: SweepResults | str | Path, out_dir: str | Path | None = None
+    results_or_path: SweepResults | str | Path,
+    out_dir: str | Path | None = None,
+    answer: str | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.html`` and ``report/*.png`` into ``out_dir`` (default: the
-    sweep directory); return the path of ``report.md``."""
+    sweep directory); return the path of ``report.md``. ``answer``: the verdict function
+    (``module.function``, imported), else the one ``study.yaml`` names if it is one of
+    ``analysis.answers.VERDICTS`` (see ``analysis.answers.answer_of``)."""
     results = (
         results_or_path if isinstance(results_or_path, SweepResults) else load(results_or_path)
     )
     out = Path(out_dir) if out_dir is not None else results.path
     out.mkdir(parents=True, exist_ok=True)
     doc = Document(out)
-    question, answer = answer_of(results)
+    study = answer_of(results, answer)
     _summary(doc, results)
-    _answer(doc, question, answer)
+    _answer(doc, study)
     if results.multi_objective:  # no best trial: the front; nothing that ranks by one value
         _pareto(doc, results, out / "report")
         sections: tuple[Section, ...] = (_knobs, _stopped, _health)
     else:
         _best(doc, results)
-        _transfer(doc, results, answer)
+        _transfer(doc, results, study.answer)
         sections = (_top, _knobs, _stopped, _health, names_section)
     for section in sections:
         section(doc, results)
@@ -676,21 +684,21 @@ def write_report(
     (out / "report.html").write_text(doc.html(f"Sweep report: {results.path.name}"))
     report = out / "report.md"
     report.write_text(doc.markdown())
-    _write_answer(out, results, question, answer)
+    _write_answer(out, results, study)
     return report
 
 
 ANSWER_FILE = "answer.json"  # what the studies' index (analysis/studies.py) reads
 
 
-def _write_answer(
-    out: Path, results: SweepResults, question: str | None, answer: Answer | None
-) -> None:
+def _write_answer(out: Path, results: SweepResults, study: StudyAnswer) -> None:
     states = results.trials["state"].astype(str).value_counts()
+    function = mask_url(study.function) if study.function else None
     doc = {
         "study": results.path.name,
-        "question": question,
-        "findings": [mask_url(f) for f in answer.findings] if answer else [],
+        "question": study.question,
+        "verdict": {"function": function, "imported": study.imported},
+        "findings": [mask_url(f) for f in study.answer.findings] if study.answer else [],
         "trials": {str(k): int(v) for k, v in states.items() if v},
         "report": "report.md",
     }
@@ -704,9 +712,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", help="a sweep or Hydra multirun directory")
     parser.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR)")
+    parser.add_argument(
+        "--answer",
+        default=None,
+        metavar="MODULE.FUNCTION",
+        help="the verdict function for the Answer section, imported (default: the one the "
+        "sweep's study.yaml names, if it is one of analysis.answers'; no other is imported)",
+    )
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, args.out)
+        report = write_report(args.sweep_dir, args.out, args.answer)
     except (ConfigError, OSError) as err:
         print(f"error: {mask_url(first_line(err))}", file=sys.stderr)
         return 2

@@ -2,8 +2,10 @@
 
 A study is a sweep config in ``conf/sweep/`` that asks a question (``hydra.sweeper.question``).
 Each one runs as ``python -m tbptt.train -m sweep=NAME`` into ``OUT/NAME`` (its log beside it,
-``OUT/NAME.log``), then gets its report; the index ``OUT/index.md`` and ``OUT/index.html`` lists
-each question, its answer, its wall time and a link to its report. A study that finished (its
+``OUT/NAME.log``), then gets its report, answered by the function its config names
+(``hydra.sweeper.answer``: the config run, not what a ``study.yaml`` found in ``OUT/NAME``
+says); the index ``OUT/index.md`` and ``OUT/index.html`` lists each question, its answer, its
+wall time and a link to its report. A study that finished (its
 sweep exited 0 and its report was written after its last change) is not run again; ``--force``
 runs it anyway, which resumes its study (a finished one has nothing left to run). What each run
 took is kept in ``OUT/studies.json``.
@@ -49,11 +51,27 @@ def studies(conf: Path = CONF) -> dict[str, str]:
     """Study name -> question, for every sweep config that asks one, in name order."""
     found = {}
     for path in sorted(conf.glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text()) or {}
-        question = ((doc.get("hydra") or {}).get("sweeper") or {}).get("question")
+        question = _sweeper(path).get("question")
         if question:
             found[path.stem] = str(question)
     return found
+
+
+def verdict_of(name: str, overrides: Sequence[str], conf: Path = CONF) -> str | None:
+    """The verdict function the study ran with: ``hydra.sweeper.answer`` as its overrides, else
+    its config, give it. Its report takes it from here, not from the ``study.yaml`` in its
+    directory, which may have been there before (see ``analysis.answers.answer_of``)."""
+    given = [o.partition("=")[2] for o in overrides
+             if o.partition("=")[0].lstrip("+") == "hydra.sweeper.answer"]  # fmt: skip
+    if given:
+        return None if given[-1] in ("", "null") else given[-1]
+    named = _sweeper(conf / f"{name}.yaml").get("answer")
+    return str(named) if named else None
+
+
+def _sweeper(path: Path) -> dict:
+    doc = yaml.safe_load(path.read_text()) or {}
+    return (doc.get("hydra") or {}).get("sweeper") or {}
 
 
 def finished(out: Path, name: str, runs: dict[str, Run]) -> bool:
@@ -76,7 +94,7 @@ def run_study(out: Path, name: str, overrides: Sequence[str]) -> Run:
             command, stdout=log, stderr=subprocess.STDOUT, check=False
         ).returncode
     if code == 0:
-        write_report(out / name)
+        write_report(out / name, answer=verdict_of(name, overrides))
     return Run(code, time.monotonic() - started, time.time())
 
 

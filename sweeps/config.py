@@ -308,17 +308,19 @@ def register() -> None:
         store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="tbptt")
 
 
-def answer_function(path: str) -> Callable[..., Any]:
-    """The function ``hydra.sweeper.answer`` names (``module.function``); checked when the sweep
-    starts, called by the report (``analysis/answers.py``)."""
+def answer_function(path: str, key: str = "hydra.sweeper.answer") -> Callable[..., Any]:
+    """The function ``path`` (``module.function``) names, imported; ``key`` says where it was
+    given: ``hydra.sweeper.answer`` (checked when the sweep starts) or the report's
+    ``--answer``. Of the names a sweep directory records, the report imports none: it runs only
+    ``analysis.answers``' own verdicts (``analysis/answers.py``)."""
     module, _, name = path.rpartition(".")
     try:
         found = getattr(importlib.import_module(module), name, None) if module else None
-    except ImportError as err:
-        raise ConfigError(f"hydra.sweeper.answer={path}: cannot import {module}: {err}") from None
+    except (ImportError, TypeError) as err:  # TypeError: a relative name, ".module.function"
+        raise ConfigError(f"{key}={path}: cannot import {module}: {err}") from None
     if not callable(found):
         raise ConfigError(
-            f"hydra.sweeper.answer={path}: no function {name!r} in {module or 'a module'} "
+            f"{key}={path}: no function {name!r} in {module or 'a module'} "
             "(give module.function, e.g. analysis.answers.lr_range)"
         )
     return found  # type: ignore[no-any-return]

@@ -7,12 +7,19 @@ fails only the job it held, and a fresh worker takes its place.
 
 Workers are started once (``spawn``) and reused, so ``import torch`` is paid per worker, not per
 job. A worker exits by itself when its parent dies, so a killed sweep leaves no orphans.
+
+The runner reaches the workers pickled (cloudpickle), in a file: unpickling runs code, so a
+worker unpickles only the bytes this pool wrote, checked against their SHA-256, which it gets
+from the pool directly. A file put in its place (a sweep directory received from elsewhere
+holds one, ``.runner.pkl``) is never unpickled; the pool writes its own anew, replacing any
+file or link found there, never writing through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -64,12 +71,18 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def worker_main(conn: Connection, runner_file: str, env: Mapping[str, str], parent: int) -> None:
+def worker_main(
+    conn: Connection, runner_file: str, digest: str, env: Mapping[str, str], parent: int
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # see WorkerPool._start
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ.update(env)  # before the runner is unpickled, i.e. before torch is imported
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    runner: Runner = cloudpickle.loads(Path(runner_file).read_bytes())
+    payload = Path(runner_file).read_bytes()
+    if hashlib.sha256(payload).hexdigest() != digest:  # not what the pool wrote: never unpickled
+        conn.send(Crashed(f"{runner_file}: changed since this sweep wrote it; not unpickled"))
+        os._exit(1)
+    runner: Runner = cloudpickle.loads(payload)
     while True:
         try:
             job = conn.recv()
@@ -86,6 +99,15 @@ def worker_main(conn: Connection, runner_file: str, env: Mapping[str, str], pare
                 os._exit(1)  # no traceback: the sweep says it in one line, and stops
             raise
         conn.send(result)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file of this process's own at ``path`` (readable by its owner only):
+    whatever was there, a file or a link, is removed first, never written through."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
 
 
 class WorkerPool:
@@ -122,8 +144,10 @@ class WorkerPool:
             os.close(fd)
             payload = Path(name)
         self._payload = str(payload)
+        pickled = cloudpickle.dumps(runner)
+        self._digest = hashlib.sha256(pickled).hexdigest()
         try:
-            payload.write_bytes(cloudpickle.dumps(runner))
+            write_new(payload, pickled)
         except BaseException:  # a full disk: leave no half payload behind
             payload.unlink(missing_ok=True)
             raise
@@ -137,7 +161,7 @@ class WorkerPool:
 
     def _start(self, slot: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe()
-        args = (child_conn, self._payload, self._env_for(slot), os.getpid())
+        args = (child_conn, self._payload, self._digest, self._env_for(slot), os.getpid())
         proc = self._ctx.Process(target=worker_main, args=args, daemon=True)
         # Ctrl-C reaches the whole process group, but only the sweep process should react (it
         # stops the workers). SIGINT is blocked while the worker starts, so the worker inherits

@@ -16,12 +16,13 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.internals import pop_waiting_id, storage_of, trial_id
@@ -67,7 +68,7 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
         )
     try:
         if scheme == "redis":
-            storage: BaseStorage = JournalStorage(JournalRedisBackend(url))
+            storage: BaseStorage = JournalStorage(LogsOnly(JournalRedisBackend(url)))
         else:
             storage = open_rdb(url)
     except Exception as err:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
@@ -75,6 +76,31 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
             f"hydra.sweeper.storage: cannot open {mask_url(url)}: {mask_url(first_line(err))}"
         ) from None
     return RetryingStorage(storage, mask_url(url), patience)  # type: ignore[return-value]
+
+
+class LogsOnly(BaseJournalBackend):
+    """A journal backend's logs (JSON records), without its snapshots. Optuna's Redis backend
+    also keeps a snapshot of the replayed study, a pickle, which ``JournalStorage`` unpickles
+    when it opens: whatever wrote that key would run code in every process of the sweep. Without
+    them a process replays the logs from the start (slower to open a long study, nothing else).
+
+    Args:
+        backend: the backend whose logs to read and append.
+
+    Example:
+        >>> backend = LogsOnly(JournalFileBackend(str(tmp_path / "study.journal")))
+        >>> optuna.create_study(study_name="lr", storage=JournalStorage(backend)).study_name
+        'lr'
+    """
+
+    def __init__(self, backend: BaseJournalBackend) -> None:
+        self._backend = backend
+
+    def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
+        return self._backend.read_logs(log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._backend.append_logs(logs)
 
 
 def open_rdb(url: str, attempts: int = SCHEMA_ATTEMPTS) -> RDBStorage:

@@ -161,6 +161,23 @@ class PruningReporter:
         )
 
 
+def sized_pruner(configured: dict[str, Any], planned: Any) -> dict[str, Any]:
+    """The pruner node the sweep's config gives, with the numbers a budget plan sized for it
+    (kept in the study, ``PRUNER_ATTR``, so that a re-run keeps its rungs). The storage is
+    data: what it holds is taken only as numbers for the config's own keys, and only for the
+    same pruner, so no class or function it names (``_target_``, a nested node, an
+    interpolation) is ever instantiated."""
+    if not isinstance(planned, dict) or planned.get("_target_") != configured.get("_target_"):
+        return configured
+    sizes = {
+        key: value
+        for key, value in planned.items()
+        if key in configured and not key.startswith("_")
+        and isinstance(value, int | float) and not isinstance(configured[key], dict | list)
+    }  # fmt: skip
+    return {**configured, **sizes}
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyRef:
     """Where a worker finds the study (the sweep process's own ``Study`` does not pickle)."""
@@ -216,7 +233,7 @@ class TrialRunner:
             )
             planned = study.user_attrs.get(PRUNER_ATTR)
             if planned is not None:  # a budgeted sweep sized the pruner's rungs
-                study.pruner = instantiate(planned)
+                study.pruner = instantiate(sized_pruner(ref.pruner, planned))
             self._study = study
         return self._study
 

@@ -291,9 +291,9 @@ def test_a_verdict_that_breaks_costs_its_section_not_the_report(tmp_path):
     (tmp_path / "study.yaml").write_text(
         yaml.safe_dump({"question": "Q?", "answer": "analysis.answers.k1_k2"})  # no bptt.k1
     )
-    question, answer = answers.answer_of(results)
-    assert question == "Q?" and answer is not None
-    assert answer.findings == [
+    study = answers.answer_of(results)
+    assert study.question == "Q?" and study.answer is not None and study.imported
+    assert study.answer.findings == [
         "The answer could not be computed (analysis.answers.k1_k2): KeyError: 'bptt.k1'."
     ]
 
