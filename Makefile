@@ -10,9 +10,10 @@ CORPUS := data/shakespeare.txt
 ARGS ?=
 SWEEP ?= default
 SWEEP_DIR ?= multirun/$(SWEEP)
+TEST_JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-all lint sweep studies report dashboard bench bench-smoke clean
+.PHONY: help install data test test-slow test-all lint sweep studies report dashboard bench bench-smoke clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,11 +36,15 @@ $(CORPUS): $(INSTALLED) tbptt/corpus.py
 
 data: $(CORPUS) ## Build the default Shakespeare corpus under data/
 
+# The fast suite in TEST_JOBS processes (pytest-xdist; a module's tests stay in one process,
+# so its shared fixtures run once). The slow tests run one at a time: they time real sweeps.
 test: install lint ## Lint, type-check and run the fast test suite (the CI command)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadscope
 
-test-all: install ## Run every test, the slow ones included
-	$(BIN)/pytest -q -m "slow or not slow"
+test-slow: install ## Run only the slow tests (end-to-end sweeps, engines, benchmarks' smoke run)
+	$(BIN)/pytest -q -m slow
+
+test-all: test test-slow ## Run every test, the slow ones included
 
 lint: install ## Ruff and mypy
 	$(BIN)/ruff check tbptt sweeps analysis tests hydra_plugins examples benchmarks

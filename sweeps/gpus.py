@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from tbptt.errors import ConfigError
 
 
@@ -50,7 +48,11 @@ def ray_gpus(device: str, cluster_gpus: float, per_gpu: int) -> float:
 
 
 def gpu_count() -> int:
+    """GPUs this process may use. torch is imported here only: a sweep of CPU trials (or of an
+    app without torch) never needs it in the sweep process."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
+    import torch
+
     return torch.cuda.device_count()

@@ -304,7 +304,7 @@ class OptunaSweeper(Sweeper):
 
     def _settings(self) -> Settings:
         device, cfg = self._device(), self.cfg
-        gpus, per_gpu = gpu_count(), int(cfg.trials_per_gpu)
+        gpus, per_gpu = 0 if device == "cpu" else gpu_count(), int(cfg.trials_per_gpu)
         n_jobs = cfg.n_jobs or default_jobs(device, gpus, os.cpu_count() or 1, per_gpu)
         assert self.config is not None
         if launcher_target(self.config) is None:  # agents get their GPUs from their engine

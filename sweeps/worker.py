@@ -14,6 +14,7 @@ import os
 import pydoc
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
@@ -38,7 +38,6 @@ from sweeps.storage import open_storage
 from tbptt import contract
 from tbptt.contract import End, Report, TrialResult
 from tbptt.errors import ConfigError
-from tbptt.evaluate import evaluate_checkpoint
 from tbptt.metrics import atomic_path
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet",
@@ -139,7 +138,7 @@ class PruningReporter:
         attrs = self._trial.storage.get_trial_system_attrs(trial_id(self._trial))
         threads = attrs.get(THREADS_ATTR)
         if threads and threads != self._threads:
-            torch.set_num_threads(int(threads))
+            set_threads(int(threads))
             self._threads = int(threads)
 
     def _out_of_time(self, point: Report) -> str | None:
@@ -277,7 +276,7 @@ class TrialRunner:
 
     @staticmethod
     def _set_threads(threads: int) -> None:
-        torch.set_num_threads(threads)  # the app leaves them to the sweeper (contract.sweeping)
+        set_threads(threads)  # the app leaves them to the sweeper (contract.sweeping)
 
     def _calibrate(self, job: CalibrationJob) -> float:
         """Training FLOP/s of the sweep's own model on this worker (what a trial reaches)."""
@@ -306,6 +305,8 @@ class TrialRunner:
         The test loss is computed here, after the search, and never reported to the study."""
         started = time.perf_counter()
         try:
+            from tbptt.evaluate import evaluate_checkpoint  # torch: only where one is scored
+
             scores = evaluate_checkpoint(job_dir / job.score_file, job.score)
         except ConfigError as err:
             return replace(outcome, state=End.FAIL, value=None, reason=f"scoring: {err}")
@@ -388,6 +389,18 @@ def copy_run(source: Path, target: Path) -> TrialResult:
             with atomic_path(target / name) as tmp:
                 shutil.copyfile(source / name, tmp)
     return contract.read_result(source) or TrialResult()
+
+
+def set_threads(threads: int) -> None:
+    """torch's threads for the jobs of this worker. An app that imported torch gets them set
+    now; one that did not (any Hydra app under the trial contract) gets them through
+    ``OMP_NUM_THREADS``, which torch reads if it is imported later: the worker itself never
+    imports torch, so a sweep of an app without it does not pay ~1 s per process for it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        return
+    torch.set_num_threads(threads)
 
 
 def classify(

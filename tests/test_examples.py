@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
@@ -22,6 +23,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_example_app_runs_alone_and_returns_its_loss(tmp_path):
     proc = run(*SHORT, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr

@@ -88,6 +88,7 @@ def test_the_section_probes_a_sample_of_the_best_model(play_sweep, tmp_path):
     assert f"```bash\n{text[: names.SHOWN].strip()}\n```" in md
 
 
+@pytest.mark.slow
 def test_a_synthetic_corpus_has_no_speakers_and_is_not_sampled(
     tmp_path_factory, tmp_path, monkeypatch
 ):

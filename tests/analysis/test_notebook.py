@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.analysis.test_plots import run_tiny_sweep
@@ -18,6 +19,7 @@ def test_the_notebook_is_committed_without_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_on_a_sweep_given_by_sweep_dir(tmp_path_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_DIR", str(run_tiny_sweep(tmp_path_factory)))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the notebook draws its figures

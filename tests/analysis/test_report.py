@@ -167,6 +167,7 @@ def test_the_cli_writes_the_report_where_asked(mixed_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_trial_that_never_evaluated_gets_its_report(tmp_path):
     # Trial 0 samples dropout 1.5, fails its config check and never trains; trial 1 trains.
     cmd = [sys.executable, "-m", "tbptt.train", "-m", "hydra/sweeper=optuna",

@@ -37,6 +37,7 @@ def test_every_study_in_conf_asks_a_question_and_names_its_answer():
     assert all(q.endswith("?") for q in found.values())
 
 
+@pytest.mark.slow
 def test_studies_write_one_index_and_skip_what_finished(tmp_path, capsys, monkeypatch):
     out = tmp_path / "multirun"
     assert studies.main(["--out", str(out), "--only", "k1_k2_recall", "--", *TINY_RECALL]) == 0

@@ -15,6 +15,9 @@ BENCHMARKS = {
     "throughput", "limit", "tbptt k1<k2", "tbptt memory", "orchestration", "scaling", "search",
     "payoff", "bookkeeping", "swept",
 }  # fmt: skip
+# About two minutes (every benchmark, agents on Slurm and Ray included): `-m slow`, which
+# .ci/run runs after `make test`.
+pytestmark = pytest.mark.slow
 COLUMNS = ["benchmark", "case", "metric", "median", "min", "max", "repeats", "unit"]
 
 

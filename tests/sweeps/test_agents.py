@@ -112,6 +112,7 @@ def test_a_sweep_on_submitit_local_agents_reaches_its_total_with_every_job_at_ho
     assert "best " in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_killed_agent_has_its_trial_retried_and_nothing_is_counted_twice(tmp_path):
     marker = tmp_path / "killed-once"
     proc = sweep(tmp_path / "s", GRID, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
@@ -152,6 +153,7 @@ def test_a_grid_is_enqueued_point_by_point_skipping_what_the_study_holds():
     assert points == [{"a": 1, "b": "y"}, {"a": 2, "b": "x"}]
 
 
+@pytest.mark.slow
 def test_a_training_sweep_on_agents_has_its_tables_and_report_at_home(tmp_path):
     from analysis.load import load
     from tests.conftest import TINY
@@ -241,6 +243,7 @@ def test_agents_that_cannot_start_end_the_sweep_with_the_launchers_error(tmp_pat
     assert {t.state for t in study.trials} == {TrialState.WAITING}  # kept for a re-run
 
 
+@pytest.mark.slow
 def test_an_interrupted_agent_sweep_resumes_without_repeating_a_trial(tmp_path):
     args = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}",
             "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "x=interval(-1,1)",
@@ -265,6 +268,7 @@ def test_an_interrupted_agent_sweep_resumes_without_repeating_a_trial(tmp_path):
     assert all((Path(d) / "result.json").exists() for d in dirs)
 
 
+@pytest.mark.slow
 def test_the_transfer_check_runs_on_agents_from_the_parents_shipped_checkpoints(tmp_path):
     from tests.conftest import TINY
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from optuna.trial import TrialState
 
 from sweeps.policy import counted
@@ -23,6 +24,7 @@ from tests.sweeps.test_sweeper import load, states, sweep
 TEN = "x=choice(-0.9,-0.7,-0.5,-0.3,-0.1,0.1,0.3,0.5,0.7,0.9)"
 
 
+@pytest.mark.slow
 def test_three_of_ten_workers_killed_are_failed_retried_and_replaced(tmp_path):
     proc = sweep(tmp_path / "s", TEN, "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=none",
                  "hydra.sweeper.n_trials=10", f"kill_marker={tmp_path}/killed",
@@ -92,6 +94,7 @@ def interrupt(proc: subprocess.Popen[str], sig: signal.Signals, after: float, sw
     return err
 
 
+@pytest.mark.slow
 def test_sweep_killed_and_interrupted_at_random_moments_resumes_to_its_total(tmp_path):
     rng = random.Random(7)
     interrupt(training_sweep(tmp_path), signal.SIGKILL, rng.uniform(0.5, 3), tmp_path)
@@ -115,6 +118,7 @@ def test_sweep_killed_and_interrupted_at_random_moments_resumes_to_its_total(tmp
     assert finished <= set(combined["trial"])
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_sweep_stops_it_cleanly_and_a_rerun_finishes(tmp_path):
     def small_disk() -> None:  # every file stops growing at 160 kB (EFBIG), the journal first
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -46,6 +46,7 @@ def dominates(a: list[float], b: list[float]) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_sphere_finds_its_optimum_in_a_sqlite_study_with_the_command_line_fixing_y(
     plugin_dir, tmp_path
 ):
@@ -76,7 +77,10 @@ def test_sphere_as_configured_reaches_the_plugins_threshold(plugin_dir, tmp_path
     assert (dist.low, dist.high, dist.step) == (-5.5, 5.5, 0.5)
 
 
-@pytest.mark.parametrize("line", [(), ("x=range(0, 5)", "y=range(0, 3)")], ids=["conf", "cli"])
+@pytest.mark.parametrize(
+    "line", [pytest.param((), marks=pytest.mark.slow), ("x=range(0, 5)", "y=range(0, 3)")],
+    ids=["conf", "cli"],
+)
 def test_the_multi_objective_example_writes_its_pareto_front(plugin_dir, tmp_path, line):
     proc = run(plugin_dir, "multi-objective.py", f"hydra.sweep.dir={tmp_path}",
                "hydra.sweeper.n_trials=20", "hydra/sweeper/sampler=random",

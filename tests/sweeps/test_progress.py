@@ -142,7 +142,8 @@ def tiny_sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess[
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("trial_logs", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("trial_logs", [False, True])
 def test_trial_logs_go_to_their_job_log_and_to_the_console_only_when_asked(tmp_path, trial_logs):
     proc = tiny_sweep(tmp_path, f"hydra.sweeper.trial_logs={str(trial_logs).lower()}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -80,6 +80,7 @@ def running_job(sweep_dir: Path) -> bool:
     return any(not (d.parent / "result.json").exists() for d in sweep_dir.glob("*/.hydra"))
 
 
+@pytest.mark.slow
 def test_a_sweep_process_killed_mid_trial_is_covered_by_the_others(tmp_path):
     study_name = f"killed-{uuid.uuid4().hex[:8]}"
     fast = ("hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=3", "sleep=3.0")
@@ -99,6 +100,7 @@ def test_a_sweep_process_killed_mid_trial_is_covered_by_the_others(tmp_path):
     check_whole(trials, 12, 3)
 
 
+@pytest.mark.slow
 def test_a_briefly_unreachable_database_is_waited_out(tmp_path):
     study_name = f"outage-{uuid.uuid4().hex[:8]}"
     with TcpProxy(("127.0.0.1", 5432)) as proxy:
@@ -119,6 +121,7 @@ def test_a_briefly_unreachable_database_is_waited_out(tmp_path):
     check_whole(trials_of(study_name), 12, 2)
 
 
+@pytest.mark.slow
 def test_a_database_gone_for_good_stops_the_sweep_with_a_clear_message(tmp_path):
     study_name = f"gone-{uuid.uuid4().hex[:8]}"
     with TcpProxy(("127.0.0.1", 5432)) as proxy:
@@ -172,6 +175,7 @@ def test_processes_opening_an_empty_database_together_all_get_the_study(empty_da
     optuna.create_study(storage=empty_database, study_name="s").optimize(lambda t: 0.0, 1)
 
 
+@pytest.mark.slow
 def test_the_last_process_waits_out_a_dead_ones_trial_and_retries_it(tmp_path):
     # A process died mid-trial just now: its trial is RUNNING with a fresh heartbeat and counts
     # towards the total, so the survivor reaches n_trials at once; it must not leave it so.

@@ -129,6 +129,7 @@ def test_bad_sweeper_settings_fail_before_any_trial(tmp_path, arg, message):
     assert not list(tmp_path.glob("*/result.json"))
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_continues_the_search_rather_than_replaying_it(tmp_path):
     args = ("x=interval(-1,1)", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none")
     for total in (4, 8):
@@ -141,6 +142,7 @@ def test_a_resumed_sweep_continues_the_search_rather_than_replaying_it(tmp_path)
     assert [t.params["x"] for t in load(again)] == xs[:4]
 
 
+@pytest.mark.slow
 def test_enqueued_points_are_tried_first_and_bad_ones_are_named(tmp_path):
     args = ("x=interval(-1,1)", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3")
     proc = sweep(tmp_path / "ok", *args, "hydra.sweeper.enqueue=[{x:0.3}]")
@@ -155,6 +157,7 @@ def test_enqueued_points_are_tried_first_and_bad_ones_are_named(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_second_study_in_the_same_directory_is_refused_and_the_first_kept(tmp_path):
     args = ("x=interval(-1,1)", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=2")
     assert sweep(tmp_path, *args, "hydra.sweeper.study_name=first").returncode == 0
@@ -171,6 +174,7 @@ def test_a_second_study_in_the_same_directory_is_refused_and_the_first_kept(tmp_
     assert more.returncode == 0, more.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_an_exhausted_grid_ends_the_sweep_without_repeating_a_point(tmp_path):
     proc = sweep(tmp_path, GRID, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -216,6 +220,7 @@ def test_a_rerun_that_changed_the_study_says_what_changed(two_trials, tmp_path, 
     assert (tmp_path / "sweep" / "study.journal").read_bytes() == before  # nothing written
 
 
+@pytest.mark.slow
 def test_a_rerun_may_move_a_range_or_sweep_one_more_key(two_trials, tmp_path):
     shutil.copytree(two_trials, tmp_path / "sweep")
     proc = sweep(tmp_path / "sweep", "x=interval(0,1)", "steps=choice(4,6)",
@@ -232,6 +237,7 @@ def test_a_sweep_whose_every_trial_fails_exits_non_zero(tmp_path):
     assert re.match(r"error: no trial finished: 3 failed; last: trial \d: ValueError: boom", last)
 
 
+@pytest.mark.slow
 def test_repeated_kills_of_the_sweep_do_not_eat_the_total_or_the_retries(tmp_path):
     args = ("x=interval(-1,1)", "sleep=1.5", "hydra/sweeper/pruner=none",
             "hydra.sweeper.n_trials=8", "hydra.sweeper.max_retries=1")  # fmt: skip

@@ -8,6 +8,7 @@ import sys
 
 import optuna
 import pandas as pd
+import pytest
 import yaml
 
 from sweeps.storage import open_storage
@@ -53,6 +54,7 @@ def test_tiny_training_sweep_prunes_and_reproduces_its_best_trial(tmp_path):
     assert result["best_val_loss"] == best["value"]  # same config and seed: same numbers
 
 
+@pytest.mark.slow
 def test_a_trial_the_app_rejects_keeps_the_apps_own_message(tmp_path):
     cmd = [
         sys.executable, "-m", "tbptt.train", "-m", *TINY, "hydra/sweeper=optuna",

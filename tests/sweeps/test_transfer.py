@@ -43,6 +43,7 @@ def sweep(sweep_dir, *extra):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_best_trials_train_on_longer_and_the_report_says_if_the_ranking_held(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(sweep_dir)

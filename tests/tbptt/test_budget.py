@@ -149,6 +149,7 @@ def test_sampling_works_on_the_best_checkpoint(tiny_cfg, tmp_path):
     assert len(text) == 31 and set(text) <= set("123 ")
 
 
+@pytest.mark.slow
 def test_a_time_budget_fixes_its_flop_budget_then_anneals_and_replays_exactly(tiny_cfg, tmp_path):
     cfg = tiny_cfg(
         "trainer.max_tokens=null", "trainer.max_seconds=3", "trainer.anneal=0.5",

@@ -95,6 +95,7 @@ def test_single_run_then_sample_from_its_checkpoint(tmp_path):
     assert text.startswith("1 ") and len(text) == 42 and set(text) <= set("123 ")
 
 
+@pytest.mark.slow
 def test_multirun_with_the_joblib_launcher_runs_jobs_in_their_own_dirs(tmp_path):
     proc = cli(
         "tbptt.train",
