@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import ROOT, Row, summarize
-from benchmarks.launch import launch
+from benchmarks.launch import Launch, launch
 from tbptt.data import count_text
 
 BENCH = "payoff"
@@ -53,14 +53,26 @@ SMOKE = Settings(
 )  # fmt: skip
 
 
-def sweep(sweep_dir: Path, s: Settings, *extra: str) -> tuple[float, dict]:
-    """Run the default sweep; its wall seconds and best.yaml."""
+@dataclass(frozen=True)
+class SweepRun:
+    launch: Launch
+    best: dict  # its best.yaml
+
+
+def launch_sweep(sweep_dir: Path, s: Settings, *extra: str) -> SweepRun:
+    """Run the default sweep with ``extra`` overrides."""
     run = launch(
         ["-m", "tbptt.train", "-m", "sweep=default", f"hydra.sweep.dir={sweep_dir}",
          f"hydra.sweeper.budget={s.budget}", *s.sweep_args, *extra],
         timeout=3600,
     )  # fmt: skip
-    return run.wall, yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    return SweepRun(run, yaml.safe_load((sweep_dir / "best.yaml").read_text()))
+
+
+def sweep(sweep_dir: Path, s: Settings, *extra: str) -> tuple[float, dict]:
+    """Run the default sweep; its wall seconds and best.yaml."""
+    run = launch_sweep(sweep_dir, s, *extra)
+    return run.launch.wall, run.best
 
 
 def plain(corpus: Path, s: Settings, seconds: float) -> list[dict]:

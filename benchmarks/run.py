@@ -25,6 +25,7 @@ from benchmarks import (
     orchestration,
     overlap,
     payoff,
+    pruning,
     report,
     scaling,
     search,
@@ -39,7 +40,7 @@ CHILD_PROCESSES: list[Callable[[bool], list[Row]]] = [
 ]  # fmt: skip
 # A budgeted sweep plans from its start-up time: in smoke mode it runs once the others are
 # done, so that their load does not eat its budget.
-LAST: list[Callable[[bool], list[Row]]] = [payoff.run]
+LAST: list[Callable[[bool], list[Row]]] = [payoff.run, pruning.run]
 CORPUS = ROOT / "data" / "shakespeare.txt"
 
 

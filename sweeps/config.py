@@ -193,7 +193,10 @@ class NopPrunerConfig:
 class PlanConfig:
     """How a sweep with ``hydra.sweeper.budget`` spends it (see ``sweeps/plan.py``)."""
 
-    search: float = 0.25  # share of the budget for the search (Optuna trials, pruned)
+    # Share of the budget for the search (Optuna trials). null: 0.25 without a pruner that
+    # stops trials early, 0.125 with one (it examines as many configurations in about half the
+    # time, and the final run trains on with the rest: BENCHMARKS.md, "pruning").
+    search: float | None = None
     full_trials: int = 5  # a full search trial takes search time / full_trials of compute
     trial_evals: int = 9  # evaluations (pruning steps) per full search trial
     candidates: int | None = None  # best search trials trained on (null: n_jobs, at most 4)

@@ -37,6 +37,11 @@ EVAL_RESERVE = 0.02  # share of the budget kept for scoring candidates on the fu
 RATE_MARGIN = 0.9  # plan with 90% of a measured rate: rates drift (other load, shapes, evals)
 LATE = 0.02  # share of the budget a continuation may run past its phase (it is nearly done)
 MAX_CANDIDATES = 4
+SEARCH_SHARE = 0.25  # of the budget, for a search whose trials all train to r0
+PRUNED_SEARCH_SHARE = 0.125  # ... with a pruner: as many configurations, about half the compute
+# Pruners that stop trials for being worse than others (not only for diverging): with one, a
+# search configuration costs about half of r0 on average at the default sweep's scale.
+NOT_SAVING = ("optuna.pruners.NopPruner", "optuna.pruners.ThresholdPruner")
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
@@ -72,7 +77,7 @@ class Plan:
     Example:
         >>> from sweeps.config import PlanConfig
         >>> plan = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8)
-        >>> plan.trial_flops  # 8e10 FLOP/s x (135 - 8) s / 5 full trials
+        >>> plan.trial_flops  # 8e10 FLOP/s x (0.25 x 540 - 8) s / 5 full trials (no pruner)
         2032000000000
     """
 
@@ -94,18 +99,35 @@ class Plan:
         return Plan(**data)
 
 
+def search_share(cfg: Any, pruner: str | None) -> float:
+    """``plan.search``, or its default for the pruner (``_target_``) the sweep uses."""
+    if cfg.search is not None:
+        return float(cfg.search)
+    return SEARCH_SHARE if pruner is None or pruner in NOT_SAVING else PRUNED_SEARCH_SHARE
+
+
 def make_plan(
-    budget: float, cfg: Any, workers: int, rate: float, speedup: float, started: float
+    budget: float,
+    cfg: Any,
+    workers: int,
+    rate: float,
+    speedup: float,
+    started: float,
+    pruner: str | None = None,
 ) -> Plan:
-    """``cfg``: the ``hydra.sweeper.plan`` settings; ``started``: seconds already spent."""
-    search_end = budget * cfg.search
+    """``cfg``: the ``hydra.sweeper.plan`` settings; ``started``: seconds already spent;
+    ``pruner``: the pruner's ``_target_`` (None: no pruner)."""
+    search_end = budget * search_share(cfg, pruner)
     candidates_end = search_end + budget * cfg.candidate_share
     if search_end - started < max(budget * 0.05, 3 * START_SECONDS):
         raise ConfigError(
             f"hydra.sweeper.budget={budget:g}s leaves {search_end - started:.0f} s to search "
             f"after {started:.0f} s of start-up; give a larger budget"
         )
-    trial_flops = int(rate * (search_end - started) / cfg.full_trials)
+    # r0 is what an unpruned search's trials get: a pruner shortens the search, not the trials
+    # (which would rank configurations after less training: short-horizon bias).
+    unpruned_end = max(search_end, budget * search_share(cfg, None))
+    trial_flops = int(rate * (unpruned_end - started) / cfg.full_trials)
     k = cfg.candidates or min(workers, MAX_CANDIDATES)
     return Plan(
         budget=budget,
@@ -126,14 +148,15 @@ def calibration_seconds(budget: float) -> float:
 
 
 def check_plan_settings(cfg: Any) -> None:
+    search = search_share(cfg, None)  # the larger default, if unset
     for key, low, high in (("search", 0, 1), ("candidate_share", 0, 1), ("anneal", 0, 1)):
-        value = getattr(cfg, key)
+        value = search if key == "search" else getattr(cfg, key)
         if not low <= value <= high or (key == "search" and value == 0):
             raise ConfigError(f"hydra.sweeper.plan.{key} must be in ({low}, {high}], got {value}")
-    if cfg.search + cfg.candidate_share >= 0.9:
+    if search + cfg.candidate_share >= 0.9:
         raise ConfigError(
             "hydra.sweeper.plan.search + plan.candidate_share must leave at least 10% of the "
-            f"budget to the final run, got {cfg.search} + {cfg.candidate_share}"
+            f"budget to the final run, got {search} + {cfg.candidate_share}"
         )
     for key in ("full_trials", "trial_evals"):
         if getattr(cfg, key) < 1:

@@ -488,7 +488,10 @@ class OptunaSweeper(Sweeper):
         if stored is not None:
             return replace(Plan.from_dict(stored), budget=settings.budget)
         rate, speedup = calibrate(pool, fixed, calibration_seconds(settings.budget))
-        plan = make_plan(settings.budget, self.cfg.plan, pool.size, rate, speedup, clock.elapsed())
+        pruner = str(self.cfg.pruner.get("_target_", "")) if self.cfg.pruner else None
+        plan = make_plan(
+            settings.budget, self.cfg.plan, pool.size, rate, speedup, clock.elapsed(), pruner
+        )
         study.set_user_attr(PLAN_ATTR, plan.as_dict())
         study.set_user_attr(PRUNER_ATTR, planned_pruner(self.cfg.pruner, plan))
         log.info(

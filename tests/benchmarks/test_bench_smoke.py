@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 BENCHMARKS = {
     "throughput", "limit", "tbptt k1<k2", "tbptt memory", "orchestration", "scaling", "search",
-    "payoff", "bookkeeping", "swept",
+    "payoff", "pruning", "bookkeeping", "swept",
 }  # fmt: skip
 # About two minutes (every benchmark, agents on Slurm and Ray included): `-m slow`, which
 # .ci/run runs after `make test`.

@@ -20,6 +20,7 @@ from sweeps.plan import (
     Timeline,
     make_plan,
     parse_duration,
+    search_share,
 )
 from sweeps.policy import BudgetPolicy, TrialMaker, phase_of
 from sweeps.space import Param, SearchSpace
@@ -50,6 +51,29 @@ def test_plan_splits_the_budget_and_sizes_the_search_rung():
     assert plan.trial_flops == int(8e10 * (216 - 8) / 5)
     assert plan.eval_every_flops == plan.trial_flops // 9
     assert plan.candidates == 2
+
+
+ASHA, NONE = "optuna.pruners.SuccessiveHalvingPruner", "optuna.pruners.NopPruner"
+
+
+@pytest.mark.parametrize(
+    "search, pruner, share",
+    [(None, None, 0.25), (None, NONE, 0.25), (None, "optuna.pruners.ThresholdPruner", 0.25),
+     (None, ASHA, 0.125), (None, "optuna.pruners.HyperbandPruner", 0.125), (0.3, ASHA, 0.3),
+     (0.3, NONE, 0.3)],
+)  # fmt: skip
+def test_a_pruned_search_takes_half_the_share_unless_it_is_set(search, pruner, share):
+    assert search_share(PlanConfig(search=search), pruner) == share
+
+
+def test_a_pruner_shortens_the_search_but_not_its_trials():
+    unpruned = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8.0,
+                         pruner=NONE)  # fmt: skip
+    pruned = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8.0,
+                       pruner=ASHA)  # fmt: skip
+    assert (unpruned.search_end, pruned.search_end) == (135.0, 67.5)
+    assert pruned.trial_flops == unpruned.trial_flops == int(8e10 * (135 - 8) / 5)
+    assert pruned.candidates_end == 67.5 + 54.0  # the final run gets what the search saved
 
 
 def test_one_worker_has_no_candidates_phase_and_a_small_budget_is_refused():
