@@ -25,10 +25,11 @@ The yardsticks, in nats per character:
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,96 @@ def failed(frame: pd.DataFrame, chance_loss: float) -> pd.Series:
     return frame["diverged"] | frame["final"].isna() | above
 
 
+# -- what a verdict answers from ----------------------------------------------------------
+
+FINISHED = ("complete", "pruned")  # a failed trial raised an error: it says nothing of the knobs
+
+
+def answers_about(*keys: str) -> Callable[[Verdict], Verdict]:
+    """Mark a verdict as answering a question about the swept ``keys``. It is given only the
+    trials that finished (complete or pruned) and sampled every key, and the trials left out
+    (running, failed, without a key) are said after its answer; a sweep with none says why
+    there is nothing to answer instead (no trial, a key not swept, none finished, all failed).
+    A failed trial is left out, not counted as a failure of its settings: it raised (a killed
+    worker, a bug), and a retry of it with the same settings may stand beside it."""
+
+    def mark(verdict: Verdict) -> Verdict:
+        @functools.wraps(verdict)
+        def answer(results: SweepResults) -> Answer:
+            usable = _usable(results, keys)
+            refused = _refusal(results, keys, usable)
+            if refused is not None:
+                return Answer([refused])
+            found = verdict(_subset(results, usable))
+            found.findings += _left_out(results, keys, usable)
+            return found
+
+        return answer
+
+    return mark
+
+
+def _usable(results: SweepResults, keys: Sequence[str]) -> pd.Series:
+    trials = results.trials
+    usable = trials["state"].astype(str).isin(FINISHED)
+    for key in keys:
+        column = f"param.{key}"
+        usable &= trials[column].notna() if column in trials else False
+    return usable.astype(bool)
+
+
+def _refusal(results: SweepResults, keys: Sequence[str], usable: pd.Series) -> str | None:
+    """Why there is nothing to answer from, or None."""
+    trials, states = results.trials, results.trials["state"].astype(str)
+    missing = [k for k in keys if f"param.{k}" not in trials or trials[f"param.{k}"].isna().all()]
+    if trials.empty:
+        return "No trial in this sweep yet: nothing to answer."
+    if missing:
+        swept = ", ".join(results.params()) or "nothing"
+        return f"Nothing to answer: {', '.join(missing)} not swept (this sweep swept {swept})."
+    if usable.any():
+        return None
+    if not states.isin([*FINISHED, "fail"]).any():
+        counts = ", ".join(f"{n} {s}" for s, n in states.value_counts().items() if n)
+        return f"No trial has finished yet ({counts}): nothing to answer yet."
+    if states.isin(FINISHED).any():
+        return f"No finished trial sampled {', '.join(keys)}: nothing to answer."
+    reasons = trials.loc[states == "fail", "stop_reason"].dropna()
+    first = f"; the first said: {reasons.iloc[0]}" if len(reasons) else ""
+    failures = int((states == "fail").sum())
+    return f"Every finished trial failed ({failures}): nothing to answer{first}."
+
+
+def _left_out(results: SweepResults, keys: Sequence[str], usable: pd.Series) -> list[str]:
+    left = results.trials[~usable]
+    if left.empty:
+        return []
+    states = left["state"].astype(str)
+    states = states.replace({"fail": "failed"})
+    parts = [f"{n} {s}" for s, n in states[~states.isin(FINISHED)].value_counts().items() if n]
+    without = int(states.isin(FINISHED).sum())
+    if without:
+        parts.append(f"{without} without {' or '.join(keys)}")
+    numbers = listing(sorted(int(n) for n in left["number"]))
+    return [f"Left out of this answer: {', '.join(parts)} (trials {numbers})."]
+
+
+def _subset(results: SweepResults, usable: pd.Series) -> SweepResults:
+    numbers = set(results.trials.loc[usable, "number"])
+
+    def rows(table: pd.DataFrame) -> pd.DataFrame:
+        return table[table["trial"].isin(numbers)] if "trial" in table else table
+
+    return replace(
+        results,
+        trials=results.trials[usable].reset_index(drop=True),
+        steps=rows(results.steps),
+        evals=rows(results.evals),
+        grad_flow=rows(results.grad_flow),
+        study=None,  # the verdicts read the tables
+    )
+
+
 # -- comparisons over seeds ---------------------------------------------------------------
 
 
@@ -186,8 +277,10 @@ def compare(frame: pd.DataFrame, arm: pd.Series, a: str, b: str, pair_on: str = 
         index="pair", columns="arm", values="score", aggfunc="mean"
     )
     if a not in table or b not in table:
-        return f"{b} vs {a}: not both run"
+        return f"{b} vs {a}: not both run to a finite loss"
     table = table.dropna()
+    if table.empty:
+        return f"{b} vs {a}: no {pair_on} ran both to a finite loss"
     diff = paired_difference(table[a].to_numpy(), table[b].to_numpy())
     return difference_text(a, b, diff, table[a].mean(), table[b].mean())
 
@@ -340,6 +433,7 @@ def lr_classes(frame: pd.DataFrame, chance_loss: float) -> pd.Series:
     return pd.Series(classes, index=frame.index)
 
 
+@answers_about("optim.lr")
 def lr_range(results: SweepResults) -> Answer:
     """Which learning rates learn, which are too slow, which climb or diverge; the best."""
     frame = outcomes(results).sort_values("optim.lr")
@@ -388,17 +482,24 @@ def _lr_best(frame: pd.DataFrame, chance_loss: float, results: SweepResults) -> 
         return []
     best = done.sort_values("value").iloc[0]
     tokens = results.trials.set_index("number").loc[done.index, "tokens"].max()
+    trained = f" after {tokens:,} characters" if pd.notna(tokens) else ""
+    known = (
+        f"ln V = {chance_loss:.2f}"
+        if math.isfinite(chance_loss)
+        else "unknown: no run recorded its vocabulary size"
+    )
     classes = (
         f"too slow: closed less than {SLOW_SHARE:.0%} of the gap from chance "
-        f"(ln V = {chance_loss:.2f}) to the best rate's final loss; unstable: the final loss is "
+        f"({known}) to the best rate's final loss; unstable: the final loss is "
         f"over {CLIMB} above the run's best, or above chance"
     )
     return [
-        f"Best: {number(best['optim.lr'])} ({best['value']:.3f} nats/char after {tokens:,} "
-        f"characters). Classes: {classes}."
+        f"Best: {number(best['optim.lr'])} ({best['value']:.3f} nats/char{trained}). "
+        f"Classes: {classes}."
     ]
 
 
+@answers_about("bptt.length")
 def bptt_length(results: SweepResults) -> Answer:
     """For each learning rate (and any other swept knob) and clip mode: which BPTT windows
     fail, and whether clipping rescues them."""
@@ -486,6 +587,7 @@ THRESHOLDS = {"norm clipping": "clip.max_norm", "value clipping": "clip.clip_val
               "error clipping alone": "clip.error_clip"}  # fmt: skip
 
 
+@answers_about("clip")
 def clipping(results: SweepResults) -> Answer:
     """Which clipping, at which threshold, lets the run learn; how the working modes compare."""
     frame = outcomes(results)
@@ -549,6 +651,7 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -
     return Difference(mean=mean, low=float(low), high=float(high), n=n)
 
 
+@answers_about("bptt")
 def random_bptt(results: SweepResults) -> Answer:
     """Randomized BPTT length (with and without its lr rescaling) against a fixed one, paired
     by seed."""
@@ -558,6 +661,7 @@ def random_bptt(results: SweepResults) -> Answer:
         scaled = frame["bptt.scale_lr"].astype("boolean").fillna(False)
         arm = arm.mask(arm == "random", np.where(scaled, "random, lr rescaled", "random"))
     findings = [compare(frame, arm, "fixed", b) + "." for b in sorted(set(arm) - {"fixed"})]
+    findings = findings or ["nothing to compare: only the fixed arm ran."]
     table = _arm_table(frame, arm)
     return Answer([f[0].upper() + f[1:] for f in findings], {"Objective per arm and seed": table})
 
@@ -569,6 +673,7 @@ def _arm_table(frame: pd.DataFrame, arm: pd.Series) -> pd.DataFrame:
     return table.pivot_table(index="arm", columns="seed", values="objective").reset_index()
 
 
+@answers_about("bptt.k1")
 def k1_k2(results: SweepResults) -> Answer:
     """Is backpropagating further than you update (k2 > k1) worth it at equal compute? Each
     (k1, k2) against (k1, k1), the same updates, and against (k2, k2), the same reach."""
@@ -583,10 +688,13 @@ def k1_k2(results: SweepResults) -> Answer:
         for a, b in pairs
         if f"({b}, {b})" in set(arm)
     ]
+    if not pairs:
+        runs = listing(sorted(set(arm)))
+        findings.append(f"nothing to compare: no run has k2 > k1 (runs: {runs})")
     findings.append(_compute_sentence(results))
     tokens = results.trials.set_index("number")["tokens"].reindex(frame.index)
     table = _arm_table(frame, arm)
-    table["mean tokens"] = table["arm"].map(tokens.groupby(arm).mean().round().astype(int))
+    table["mean tokens"] = table["arm"].map(tokens.groupby(arm).mean().round().astype("Int64"))
     return Answer(
         [f[0].upper() + f[1:] + ("" if f.endswith(".") else ".") for f in findings],
         {"Objective per (k1, k2) and seed": table},
@@ -619,6 +727,7 @@ def _overlap(frame: pd.DataFrame) -> pd.Series:
 FULLY = 0.25  # "learnt": within this share of the gap from the task's floor to chance
 
 
+@answers_about("bptt.k1")
 def k1_k2_recall(results: SweepResults) -> Answer:
     """The k2 from which TBPTT learns a dependency ``data.delay`` steps back, per k1, against
     the theory: every loss of an update sees it iff k2 >= delay + k1 - 1."""

@@ -207,3 +207,67 @@ def build_multi_objective_sweep(
             study.tell(trial, list(told))
     SweepOutputs(sweep_dir, None).write(study)
     return study
+
+
+STATE_OF = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+            "fail": TrialState.FAIL, "running": TrialState.RUNNING}  # fmt: skip
+
+
+def distribution(values: list[Any]) -> BaseDistribution:
+    """The distribution a swept key's ``values`` were sampled from: a choice of strings or
+    bools, else an int or float range spanning them."""
+    if any(isinstance(v, bool | str) for v in values):
+        return CategoricalDistribution(sorted(set(values), key=str))
+    if all(isinstance(v, int) for v in values):
+        return IntDistribution(min(values), max(values))
+    finite = [float(v) for v in values if np.isfinite(v)] or [0.0]
+    return FloatDistribution(min(finite), max(finite))
+
+
+def eval_files(curve: list[float]) -> dict[str, bytes]:
+    """A job's evals.parquet: ``curve`` at 1000, 2000, ... tokens."""
+    if not curve:
+        return {}
+    at = np.arange(1, len(curve) + 1, dtype=np.int64) * 1000
+    evals = {"tokens": at, "flops": at * 10**5, "val_loss": np.asarray(curve, dtype=float),
+             "val_bpc": np.ones(len(at)), "decay_factor": np.full(len(at), 0.9),
+             "elapsed_s": np.ones(len(at))}  # fmt: skip
+    return {"evals": parquet_bytes(pa.table(evals))}
+
+
+def build_sweep(
+    sweep_dir: Path, runs: list[dict[str, Any]], setting: dict[str, Any] | None = None
+) -> Path:
+    """A sweep directory (study.journal and job directories) holding one trial per entry of
+    ``runs``, as the sweeper leaves it, without training: ``params`` (swept values; a key may
+    be missing from some runs), ``state`` (complete, pruned, fail or running), ``curve`` (the
+    validation loss at each evaluation, in the job's evals.parquet), ``value`` (the objective:
+    the curve's last by default), ``reason`` (stop_reason, or fail_reason of a failed run).
+    Every job records an 81-character vocabulary, and ``setting`` as its saved config."""
+    study = create_study(sweep_dir)
+    keys = list(dict.fromkeys(k for run in runs for k in run.get("params", {})))
+    space = {k: distribution([r["params"][k] for r in runs if k in r.get("params", {})])
+             for k in keys}  # fmt: skip
+    trials = []
+    for number, run in enumerate(runs):
+        job_dir = sweep_dir / str(number)
+        curve, state = run.get("curve", []), STATE_OF[run.get("state", "complete")]
+        result = {"vocab_size": run.get("vocab", 81), "tokens": 1000 * len(curve), "flops": 10**9}
+        write_job(job_dir, eval_files(curve), result if state != TrialState.RUNNING else None)
+        (job_dir / ".hydra" / "config.yaml").write_text(json.dumps(setting or {}))
+        attrs: dict[str, Any] = {"tokens": run.get("tokens", 1000 * len(curve)), "flops": 10**9}
+        if state != TrialState.RUNNING:
+            attrs["job_dir"] = str(job_dir)
+        if run.get("reason"):
+            attrs["fail_reason" if state == TrialState.FAIL else "stop_reason"] = run["reason"]
+        params = run.get("params", {})
+        value = run.get("value", curve[-1] if curve else None)
+        trials.append(
+            optuna.trial.create_trial(
+                state=state, params=params, distributions={k: space[k] for k in params},
+                value=value if state == TrialState.COMPLETE else None, user_attrs=attrs,
+                intermediate_values={1000 * (i + 1): v for i, v in enumerate(curve)},
+            )  # fmt: skip
+        )
+    study.add_trials(trials)
+    return sweep_dir

@@ -286,16 +286,25 @@ def test_no_transfer_runs_no_transfer_check(tmp_path):
     assert answers.transfer_check(sweep(tmp_path, [lr(1e-2, [2.0])])) is None
 
 
-def test_a_verdict_that_breaks_costs_its_section_not_the_report(tmp_path):
+def test_a_verdict_that_breaks_costs_its_section_not_the_report(tmp_path, monkeypatch):
+    def broken(results: SweepResults) -> answers.Answer:
+        raise KeyError("bptt.k1")
+
+    monkeypatch.setitem(answers.VERDICTS, "analysis.answers.k1_k2", broken)
     results = sweep(tmp_path, [lr(1e-2, [2.0])])
     (tmp_path / "study.yaml").write_text(
-        yaml.safe_dump({"question": "Q?", "answer": "analysis.answers.k1_k2"})  # no bptt.k1
+        yaml.safe_dump({"question": "Q?", "answer": "analysis.answers.k1_k2"})
     )
     study = answers.answer_of(results)
     assert study.question == "Q?" and study.answer is not None and study.imported
     assert study.answer.findings == [
         "The answer could not be computed (analysis.answers.k1_k2): KeyError: 'bptt.k1'."
     ]
+
+
+def test_a_verdict_on_a_sweep_that_did_not_sweep_its_key_says_so(tmp_path):
+    answer = answers.k1_k2(sweep(tmp_path, [lr(1e-2, [2.0])]))
+    assert answer.findings == ["Nothing to answer: bptt.k1 not swept (this sweep swept optim.lr)."]
 
 
 def test_a_comparison_without_seeds_says_it_cannot_tell(tmp_path):
