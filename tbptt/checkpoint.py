@@ -46,12 +46,30 @@ def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # a pickle that would run code, or garbage
-        raise ConfigError(f"{key}: refused to load {path}: {first_line(err)}") from None
-    except UNREADABLE as err:
-        raise ConfigError(f"{unreadable}: {first_line(err)}") from None
+        raise ConfigError(f"{key}: refused to load {path}: {_refusal(err)}") from None
+    except UNREADABLE:  # torch's own words name its C++ source lines, not the file's fault
+        raise ConfigError(unreadable) from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise ConfigError(f"{key}: {path} is not a tbptt checkpoint")
     return payload
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """Why torch refused a pickle, without its advice to load it with ``weights_only=False``
+    (which would run the code in it): the line that names what it holds."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    why = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
+    if why is None:
+        return first_line(err)
+    found = why.removeprefix("WeightsUnpickler error:").strip().split(". ")[0]
+    return f"it holds more than weights ({found})"
+
+
+def mismatch(err: RuntimeError) -> str:
+    """The first difference ``load_state_dict`` lists (its message's first line only says that
+    there are some)."""
+    lines = str(err).splitlines()
+    return lines[1].strip() if len(lines) > 1 else first_line(err)
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,9 +131,8 @@ def resume(trainer: Trainer, path: Path) -> None:
     try:  # the weights first, on their own: another model shape is the likeliest mismatch
         trainer.model.load_state_dict(payload["model"])
     except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise ConfigError(
-            f"trainer.resume: {path} was written for another model shape ({first})"
+            f"trainer.resume: {path} was written for another model shape ({mismatch(err)})"
         ) from None
     try:
         trainer.load_state_dict(payload)

@@ -49,6 +49,12 @@ def check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_seed(seed: object, key: str = "seed") -> None:
+    """A seed every random generator here takes (numpy's are 32-bit)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{key} must be an integer in [0, 2**32), got {seed!r}")
+
+
 def positive(value: float) -> bool:
     """Finite and > 0: inf passes a plain ``> 0`` and then trains on NaNs."""
     return math.isfinite(value) and value > 0

@@ -20,6 +20,7 @@ from tbptt.errors import ConfigError
 from tbptt.model import CharRNN
 
 SPLITS = ("val", "test")
+MODEL_META = {"vocab", "model"}  # what a checkpoint's meta says of its model
 
 
 @torch.no_grad()
@@ -42,10 +43,41 @@ def mean_loss(
     return total / count
 
 
-def load_model(payload: dict[str, Any]) -> CharRNN:
-    model = CharRNN(len(payload["meta"]["vocab"]), **payload["meta"]["model"])
-    model.load_state_dict(payload["model"])
+def load_model(
+    payload: dict[str, Any], path: str | Path = "the checkpoint", key: str = "checkpoint"
+) -> CharRNN:
+    """The model a checkpoint's ``payload`` (``checkpoint.load``) holds, built as its ``meta``
+    describes; a ConfigError naming ``key`` and ``path`` when the payload is not one that
+    ``tbptt.train`` wrote, its weights do not fit the model it describes, or they are not finite
+    (a diverged run's last state: its best.pt holds the best weights)."""
+    meta: Any = payload.get("meta")
+    weights = payload.get("model")
+    if not _describes_a_model(meta) or not isinstance(weights, dict):
+        raise ConfigError(
+            f"{key}: {path} is not a tbptt checkpoint (it needs model weights and their meta: "
+            f"{', '.join(sorted(MODEL_META))})"
+        )
+    try:
+        model = CharRNN(len(meta["vocab"]), **meta["model"])
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError) as err:
+        why = checkpoint.mismatch(err) if isinstance(err, RuntimeError) else err
+        raise ConfigError(
+            f"{key}: {path}: its weights do not fit the model its meta describes ({why})"
+        ) from None
+    for name, tensor in model.state_dict().items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(
+                f"{key}: {path} holds non-finite weights ({name}): its run diverged; "
+                "its best.pt holds the best weights"
+            )
     return model
+
+
+def _describes_a_model(meta: Any) -> bool:
+    if not isinstance(meta, dict) or not MODEL_META <= set(meta):
+        return False
+    return isinstance(meta["vocab"], str) and isinstance(meta["model"], dict)
 
 
 def evaluate_checkpoint(
@@ -58,10 +90,16 @@ def evaluate_checkpoint(
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     payload = checkpoint.load(path, key=key)
+    model = load_model(payload, path, key)
     if "data" not in payload["meta"]:
         raise ConfigError(f"{key}: {path} does not record its data settings (an older run)")
     corpus = corpus_from_meta(payload["meta"])
-    model = load_model(payload)
+    if corpus.vocab.chars != payload["meta"]["vocab"]:  # its file was edited since
+        raise ConfigError(
+            f"{key}: {path}: its corpus, rebuilt from the data settings it records, has "
+            f"{len(corpus.vocab.chars)} characters where the model knows "
+            f"{len(payload['meta']['vocab'])}: it changed since the run"
+        )
     losses = {}
     for split in splits:
         data = corpus.val if split == "val" else corpus.test

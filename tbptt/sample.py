@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tbptt import checkpoint
-from tbptt.config import check
+from tbptt.config import check, check_seed, positive
 from tbptt.data import Vocab
 from tbptt.errors import ConfigError
 from tbptt.evaluate import load_model
@@ -37,6 +37,7 @@ SPEAKER_LINE = re.compile(
     re.MULTILINE,
 )
 INVENTED_SHOWN = 5
+MAX_LENGTH = 1_000_000  # characters in one sample: minutes for a large model, not hours
 
 
 @dataclass
@@ -48,8 +49,16 @@ class SampleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        check(self.length >= 1, f"length must be >= 1, got {self.length}")
+        check(
+            positive(self.temperature),
+            f"temperature must be a finite number > 0, got {self.temperature}",
+        )
+        check(
+            1 <= self.length <= MAX_LENGTH,
+            f"length must be in [1, {MAX_LENGTH}], got {self.length}",
+        )
+        check(self.prime != "", "prime must be at least one character (the model reads it first)")
+        check_seed(self.seed)
 
 
 @torch.no_grad()
@@ -63,7 +72,12 @@ def generate(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature:
     out: list[int] = []
     for _ in range(length):
         logits, hidden = model(x, hidden)  # (T, 1, V)
-        probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)  # (V,)
+        last = logits[-1, 0]  # (V,)
+        # Shifted to a maximum of 0 first: a tiny temperature then sends the other logits to
+        # -inf (probability 0), where dividing them as they are overflows to inf - inf = NaN;
+        # and the maximum stays 0 where the temperature is flushed to 0 (a denormal): 0 / 0.
+        scaled = ((last - last.max()) / temperature).nan_to_num(nan=0.0)  # (V,)
+        probs = torch.softmax(scaled, dim=-1)  # (V,)
         token = int(torch.multinomial(probs, 1))
         out.append(token)
         x = torch.tensor([[token]])
@@ -89,8 +103,8 @@ def sample(opts: SampleConfig) -> str:
     """``opts.prime`` and the text the checkpoint's model generates after it, seeded by
     ``opts.seed`` without touching the caller's random state."""
     payload = checkpoint.load(opts.checkpoint)
+    model = load_model(payload, opts.checkpoint)
     vocab = Vocab(payload["meta"]["vocab"])
-    model = load_model(payload)
     with torch.random.fork_rng(devices=[]):  # CPU generator only: sampling runs on the CPU
         torch.manual_seed(opts.seed)
         return opts.prime + generate(model, vocab, opts.prime, opts.length, opts.temperature)

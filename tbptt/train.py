@@ -69,9 +69,7 @@ def typed(cfg: DictConfig) -> dict[str, Any]:
             str(key): OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
             for key, node in ((key, cfg[key]) for key in cfg if key != "hydra")
         }
-    seed = c.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    config.check_seed(c.get("seed", 0))
     return c
 
 
