@@ -253,7 +253,7 @@ def load(path: str | Path, *, study_name: str | None = None) -> SweepResults:
     root = Path(path)
     if root.is_file() and root.name in ("study.journal", "trials.parquet"):
         root = root.parent
-    if (root / "study.journal").is_file():
+    if (root / "study.journal").exists():  # a directory in its place: the storage says so
         study = _load_study(root, study_name)
         rows = [_study_row(t) for t in study.get_trials(deepcopy=False)]
         # dtype=object keeps each value's Python type, which its column's dtype follows
@@ -276,6 +276,8 @@ def load(path: str | Path, *, study_name: str | None = None) -> SweepResults:
 def _load_study(root: Path, study_name: str | None) -> optuna.Study:
     storage = open_storage(None, root)
     names = optuna.get_all_study_names(storage)
+    if not names:
+        raise ConfigError(f"{root / 'study.journal'} holds no study (no trial was recorded)")
     if study_name is None and len(names) != 1:
         raise ConfigError(
             f"{root / 'study.journal'} holds {len(names)} studies {names}; "

@@ -8,22 +8,63 @@ same lock Optuna's writers take:
 - a bad last line (incomplete, or not a record) never took effect: the file as found is kept
   beside it (``study.journal.damaged-<time>``) and the line is cut off;
 - a bad line with records after it is refused: the records after it may depend on it (trial
-  numbers count creations), so no automatic repair is safe.
+  numbers count creations), so no automatic repair is safe;
+- so is a record of JSON with an op_code that Optuna cannot replay (not of its shape): its
+  replay raises on every open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from optuna.storages.journal import JournalFileSymlinkLock
+from optuna.storages import JournalStorage
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileSymlinkLock
 
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, summary
 
 log = logging.getLogger(__name__)
+# What Optuna's replay of a record not of its shape raises (a missing key, another type, an
+# unknown op_code: "Should not reach").
+REPLAY_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, AssertionError)
+
+
+def open_journal(path: Path) -> JournalStorage:
+    """The study journal at ``path``, checked (``check_journal``) and replayed; a record that
+    Optuna cannot replay is refused by its line number, as a bad line is."""
+    check_journal(path)
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except REPLAY_ERRORS as err:
+        counted = _Counted(JournalFileBackend(str(path)))
+        with contextlib.suppress(*REPLAY_ERRORS):
+            JournalStorage(counted)  # replayed again, counting: the last record read failed
+        raise ConfigError(
+            f"{path}: line {counted.read} is a journal record Optuna cannot replay "
+            f"({summary(err)}); restore a copy of the file, or start a new study in another "
+            "hydra.sweep.dir"
+        ) from None
+
+
+class _Counted(BaseJournalBackend):
+    """A journal backend's records, counted as they are read."""
+
+    def __init__(self, backend: BaseJournalBackend) -> None:
+        self._backend, self.read = backend, 0
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        for record in self._backend.read_logs(log_number_from):
+            self.read += 1
+            yield record
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._backend.append_logs(logs)
 
 
 def check_journal(path: Path) -> None:
@@ -40,6 +81,8 @@ def check_journal(path: Path) -> None:
         raise ConfigError(f"{path}: cannot lock it for writing: {err.strerror}") from None
     try:
         _repair(path, path.read_bytes())
+    except OSError as err:  # unreadable (permissions): say which file, not a traceback
+        raise ConfigError(f"{path}: cannot read it: {err.strerror}") from None
     finally:
         lock.release()
 

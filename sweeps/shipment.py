@@ -76,13 +76,25 @@ def unpack(trial: FrozenTrial, job_dir: Path) -> bool:
     partial.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(_packed(trial)), mode="r:gz") as tar:
+            _check_sizes(tar)
             tar.extractall(partial, filter="data")  # "data": no absolute paths, links, devices
-    except (KeyError, ValueError, EOFError, tarfile.TarError, zlib.error) as err:
+    except (KeyError, ValueError, TypeError, EOFError, tarfile.TarError, zlib.error) as err:
         shutil.rmtree(partial, ignore_errors=True)
         why = f"trial {trial.number}: its shipped files are damaged: {err}"
         raise DamagedShipment(why) from None
     partial.rename(job_dir)
     return True
+
+
+def _check_sizes(tar: tarfile.TarFile) -> None:
+    """No file larger than ``pack`` ships: a larger one did not come from an agent, and could
+    fill the sweep host's disk (its headers say the sizes before anything is written)."""
+    for member in tar.getmembers():
+        if member.size > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{member.name} would be {member.size} bytes, over the {MAX_FILE_BYTES} a pack "
+                "holds"
+            )
 
 
 def _packed(trial: FrozenTrial) -> bytes:

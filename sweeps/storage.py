@@ -22,11 +22,11 @@ from typing import IO, Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import BaseJournalBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.internals import pop_waiting_id, storage_of, trial_id
-from sweeps.journal import check_journal
+from sweeps.journal import open_journal
 from tbptt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ def open_storage(url: str | None, sweep_dir: Path, patience: float = 60.0) -> Ba
     """
     if url is None or url.endswith(".journal"):
         path = sweep_dir / "study.journal" if url is None else Path(url)
-        check_journal(path)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return open_journal(path)
     scheme = scheme_of(url)
     if scheme not in (*RDB_SCHEMES, "redis"):
         raise ConfigError(
@@ -88,6 +87,7 @@ class LogsOnly(BaseJournalBackend):
         backend: the backend whose logs to read and append.
 
     Example:
+        >>> from optuna.storages.journal import JournalFileBackend
         >>> backend = LogsOnly(JournalFileBackend(str(tmp_path / "study.journal")))
         >>> optuna.create_study(study_name="lr", storage=JournalStorage(backend)).study_name
         'lr'
