@@ -225,7 +225,7 @@ def outcome(
                        fatal=True)  # fmt: skip
     number = _number(returned)
     if number is None:
-        return Outcome(End.FAIL, None, f"objective is not a number: {returned!r}")
+        return Outcome(End.FAIL, None, f"objective is not a number: {_short(returned)}")
     if not math.isfinite(number):
         return Outcome(End.FAIL, None, f"objective is not finite: {number}")
     return Outcome(End.COMPLETE, number, None)
@@ -253,7 +253,9 @@ def _number(value: Any) -> float | None:
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):  # a tensor of several elements, say
+    except OverflowError:  # an int past float's range: a number, but not a finite one
+        return math.inf if value > 0 else -math.inf
+    except Exception:  # a tensor of several elements, or any object whose __float__ fails
         return None
 
 
@@ -265,10 +267,13 @@ def _short(value: Any) -> str:
 def failure(error: BaseException) -> Outcome:
     """A job that raised: a bad config says its one-line message, anything else its type too;
     an app that exited (``sys.exit``) says its code."""
-    from tbptt.errors import ConfigError, summary
+    from tbptt.errors import ConfigError, first_line, summary
 
     if isinstance(error, ConfigError):
         return Outcome(End.FAIL, None, f"error: {error}")
-    if isinstance(error, SystemExit):
-        return Outcome(End.FAIL, None, f"the app exited with code {error.code}")
+    if isinstance(error, SystemExit):  # sys.exit(), sys.exit(3) or sys.exit("a message")
+        code = error.code
+        if code is None or isinstance(code, int):
+            return Outcome(End.FAIL, None, f"the app exited with code {code or 0}")
+        return Outcome(End.FAIL, None, f"the app exited: {first_line(error)}")
     return Outcome(End.FAIL, None, summary(error))
