@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -66,6 +67,9 @@ Listener = Callable[[Report], str | None]  # returns why the run must stop now, 
 # ``python -m app`` runs them as ``__main__``), so a list in the app's own module would travel
 # as a copy. Only the sweeper's worker adds to it, around one job at a time.
 _listeners: list[Listener] = []
+# Threads a job started and left running when it ended (a background evaluation, say): what
+# they report later belongs to no job, least of all to the next one in this process.
+_orphans: set[threading.Thread] = set()
 
 
 def report(
@@ -78,6 +82,8 @@ def report(
 ) -> str | None:
     """Report ``value`` (the objective so far) at ``step``; returns why the run should stop
     now (pruned, or out of its phase's time), else ``None``."""
+    if threading.current_thread() in _orphans:
+        return None  # its job has ended
     point = Report(float(value), int(step), tokens, flops, final)
     for listener in list(_listeners):
         reason = listener(point)
@@ -94,12 +100,16 @@ def sweeping() -> bool:
 
 @contextmanager
 def listening(listener: Listener) -> Iterator[None]:
-    """Route the ``report`` calls of the job run inside this block to ``listener``."""
+    """Route the ``report`` calls of the job run inside this block to ``listener``; threads
+    the job leaves running report to nothing once it has ended."""
+    before = set(threading.enumerate())
+    _orphans.intersection_update(before)  # those that have ended since
     _listeners.append(listener)
     try:
         yield
     finally:
         _listeners.remove(listener)
+        _orphans.update(set(threading.enumerate()) - before)
 
 
 Task = TypeVar("Task", bound=Callable[..., Any])

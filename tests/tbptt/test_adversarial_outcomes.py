@@ -7,6 +7,7 @@ from __future__ import annotations
 import decimal
 import fractions
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -81,3 +82,19 @@ def test_what_an_app_returns_is_told_by_one_rule_in_one_line(returned, objective
 def test_a_job_that_ended_by_an_exception_fails_in_one_line(error, reason):
     told = contract.outcome(0.5, None, error=error)
     assert (told.state, told.value, told.reason) == ("FAIL", None, reason)
+
+
+def test_a_thread_its_job_left_running_reports_to_no_later_job():
+    first, second = [], []
+    late = threading.Event()
+    with contract.listening(first.append):
+        orphan = threading.Thread(target=lambda: (late.wait(5), contract.report(777.0, 1)))
+        orphan.start()
+        helper = threading.Thread(target=lambda: contract.report(1.0, 5))  # its own: reaches it
+        helper.start()
+        helper.join()
+    with contract.listening(second.append):
+        late.set()  # the first job's thread reports while the second job runs
+        orphan.join(5)
+        contract.report(0.5, 7)
+    assert first == [contract.Report(1.0, 5)] and second == [contract.Report(0.5, 7)]
