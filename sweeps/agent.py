@@ -23,17 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sweeps.internals import storage_of
-from sweeps.policy import PARENT, CountPolicy, TrialMaker
+from sweeps.plan import CANDIDATE, FINAL, Plan
+from sweeps.policy import PARENT, PLAN_ATTR, BudgetSpec, CountPolicy, TrialMaker
 from sweeps.shipment import shipped, unpack
 from sweeps.space import SearchSpace
 from sweeps.storage import beat
-from sweeps.worker import TrialJob, TrialRunner
+from sweeps.worker import CalibrationJob, TrialJob, TrialRunner
 
 log = logging.getLogger(__name__)
 STOP_ATTR = "sweeps:stop"  # study user attr: the sweep process asks its agents to stop
+# A budgeted sweep's agents (study user attrs): each one's measured speed, the instant its
+# budget clock read 0 (time.time()), and how many generations of agents may leave (the search
+# agents are generation 0, the final run's agent 1).
+CALIBRATION_ATTR, ZERO_ATTR, RETIRE_ATTR = "sweeps:calibration:", "sweeps:zero", "sweeps:retire"
+READY_ATTR = "sweeps:ready:"  # + "<run token>:<agent number>": the agent is up
+AGENT_ATTR = "sweeps:agent"  # trial system attr: "<run token>:<agent number>" that runs it
+POLL_SECONDS = 0.5  # a budgeted sweep's agent with nothing to run looks again after this
 AGENTS_DIR = ".agents"  # in the sweep directory: the agents' own job directories, and
 HOME_FILE = f"{AGENTS_DIR}/home"  # a token that agents which see the directory read
 SHIP_MODES = ("auto", "always")
@@ -99,8 +108,11 @@ class Agent:
     deadline: float | None = None
     home_token: str = ""
     ship: str = "auto"
+    budget: Budgeted | None = None  # a budgeted sweep's agent (hydra.sweeper.budget)
+    number: int = -1  # which agent (its job's number), once running
 
     def __call__(self, cfg: DictConfig) -> int:
+        self.number = int(HydraConfig.get().job.num)  # (runner.setup replaces Hydra's state)
         self.runner.ship = self.ship == "always" or not self._sees_home()
         log.info("agent: jobs %s", "shipped through the storage" if self.runner.ship else
                  f"written to {self.runner.home}")  # fmt: skip
@@ -109,6 +121,8 @@ class Agent:
         study.sampler = self.sampler
         study.sampler.reseed_rng()  # agents sharing a seed would sample the same points
         maker = TrialMaker(study, self.space, self._compose, pop_only=True)
+        if self.budget is not None:
+            return self.budget.run(self, study, maker)
         ran = 0
         while not self._should_stop(study):
             job = maker.make(CountPolicy.job_spec)  # a search trial, or a transfer run
@@ -120,6 +134,9 @@ class Agent:
         return ran
 
     def _run(self, study: optuna.Study, job: TrialJob) -> None:
+        # Whose it is: the sweep process fails it at once if this agent's job ends under it.
+        mark = f"{self.home_token}:{self.number}"
+        storage_of(study).set_trial_system_attr(job.trial_id, AGENT_ATTR, mark)
         with Heartbeat(storage_of(study), job.trial_id, self.heartbeat_interval):
             if job.init_from is None:
                 self.runner(job)
@@ -141,3 +158,82 @@ class Agent:
     def _compose(self, overrides: list[str]) -> DictConfig:
         return self.runner.composer(overrides)
 
+
+
+@dataclass
+class Budgeted:
+    """What an agent of a budgeted sweep does beyond popping trials (see sweeps/launch.py).
+
+    A search agent (generation 0) of a sweep without a plan first measures its own training
+    speed, on one thread and on all of its ``cpus``, and records it in the study: the sweep
+    process plans from every agent's figure. Then it runs what waits, turning each trial into
+    its job with the plan (``BudgetSpec``) and the instant the sweep recorded as its budget
+    clock's zero, and waits when nothing does (the phases have gaps: the candidates are chosen
+    once every search trial has ended) until the sweep retires its generation. Candidates and
+    the final run get every thread the agent was given.
+
+    Args:
+        cpus: the CPUs the launcher gives this agent.
+        generation: 0 for the search agents, 1 for the final run's agent.
+        calibration: the run that measures its speed (the sweep's fixed config).
+    """
+
+    cpus: int
+    generation: int
+    calibration: CalibrationJob
+
+    def run(self, agent: Agent, study: optuna.Study, maker: TrialMaker) -> int:
+        if PLAN_ATTR not in study.user_attrs and self.generation == 0:
+            self._calibrate(agent, study)
+        # Up: the sweep waits for the agents that are up to leave (a retired agent that starts
+        # later, from an engine's queue, reads this first and leaves without running anything).
+        study.set_user_attr(f"{READY_ATTR}{agent.home_token}:{agent.number}", time.time())
+        ran, sized = 0, False
+        while not self._retired(study):
+            attrs = study.user_attrs
+            if not self._may_run(attrs):
+                time.sleep(POLL_SECONDS)
+                continue
+            if not sized:  # the plan sized the pruner's rungs after this agent loaded it
+                agent.runner.size_pruner(study)
+                sized = True
+            job = maker.make(self.spec(attrs))
+            if job is None:
+                time.sleep(POLL_SECONDS)
+                continue
+            if job.phase in (CANDIDATE, FINAL):
+                job = replace(job, threads=self.cpus)
+            agent._run(study, job)
+            ran += 1
+        log.info("agent done: %d trials", ran)
+        return ran
+
+    @staticmethod
+    def spec(attrs: dict[str, Any]) -> BudgetSpec:
+        zero = float(attrs[ZERO_ATTR])
+        return BudgetSpec(Plan.from_dict(attrs[PLAN_ATTR]), lambda seconds: zero + seconds)
+
+    def _may_run(self, attrs: dict[str, Any]) -> bool:
+        """Once planned; the final run's agent (launched early, to be up when the final run
+        is due) only once the search agents are retired: it runs nothing else."""
+        planned = PLAN_ATTR in attrs and ZERO_ATTR in attrs
+        return planned and int(attrs.get(RETIRE_ATTR, 0)) >= self.generation
+
+    def _retired(self, study: optuna.Study) -> bool:
+        attrs = study.user_attrs
+        return bool(attrs.get(STOP_ATTR)) or int(attrs.get(RETIRE_ATTR, 0)) > self.generation
+
+    def _calibrate(self, agent: Agent, study: optuna.Study) -> None:
+        """This agent's speed: FLOP/s on one thread, and on all of its CPUs over that."""
+        started = time.time()
+        record: dict[str, Any] = {"started": started}
+        one = agent.runner(replace(self.calibration, threads=1))
+        rate = one if isinstance(one, float) else None
+        if rate is not None and self.cpus > 1:
+            alone = agent.runner(replace(self.calibration, threads=self.cpus))
+            record["speedup"] = max(1.0, alone / rate) if isinstance(alone, float) else 1.0
+        if rate is None:
+            record["error"] = str(one)
+        else:
+            record["rate"] = rate
+        study.set_user_attr(f"{CALIBRATION_ATTR}{agent.home_token}:{agent.number}", record)

@@ -29,14 +29,22 @@ from typing import Any
 
 import optuna
 from hydra.core.utils import JobStatus
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.agent import AGENTS_DIR, STOP_ATTR
+from sweeps.agent import (
+    AGENT_ATTR,
+    AGENTS_DIR,
+    CALIBRATION_ATTR,
+    READY_ATTR,
+    RETIRE_ATTR,
+    STOP_ATTR,
+)
 from sweeps.internals import job_error
-from sweeps.ledger import Ledger
+from sweeps.ledger import Ledger, phase_of
 from sweeps.outputs import SweepOutputs
-from sweeps.policy import JOB_ATTRS, Transfer, counted
+from sweeps.plan import CANDIDATE, FINAL, START_SECONDS
+from sweeps.policy import JOB_ATTRS, AgentBudget, Transfer, counted
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
@@ -98,6 +106,47 @@ def agent_hosts(engine: str, launcher: DictConfig) -> set[str] | None:
     return None
 
 
+CPU_KEYS = {"slurm": "cpus_per_task", "local": "cpus_per_task", "ray": "num_cpus"}
+
+
+def agent_cpus(engine: str, launcher: DictConfig) -> int:
+    """The CPUs the launcher gives each agent (``hydra.launcher.cpus_per_task``, or Ray's
+    ``num_cpus``; 1 when unset), no more than this process may use where it runs here."""
+    cpus = OmegaConf.select(launcher, CPU_KEYS.get(engine, "cpus_per_task"), default=None)
+    here = len(os.sched_getaffinity(0))
+    count = max(1, int(cpus or 1))
+    return min(count, here) if engine == "local" else count
+
+
+def node_cpus(engine: str, launcher: DictConfig) -> int:
+    """The CPUs of the largest node an agent may run on: a budgeted sweep's final run gets
+    one whole (Slurm: ``sinfo``; Ray: the cluster's nodes; else this host)."""
+    if engine == "slurm" and shutil.which("sinfo") is not None:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout  # fmt: skip
+            return max(int(line.strip().rstrip("+")) for line in out.splitlines() if line.strip())
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    if engine == "ray":
+        from sweeps.ray_launcher import connect
+
+        nodes = [n for n in connect(launcher).nodes() if n.get("Alive")]
+        cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+        if any(cpus):
+            return max(cpus)
+    return len(os.sched_getaffinity(0))
+
+
+def whole_node(config: DictConfig, engine: str) -> DictConfig:
+    """``config`` with a launcher whose agent is given every CPU of a node (the final run)."""
+    node = config.copy()
+    with open_dict(node):
+        launcher = node.hydra.launcher
+        launcher[CPU_KEYS.get(engine, "cpus_per_task")] = node_cpus(engine, launcher)
+    return node
+
+
 def this_host(hosts: set[str]) -> bool:
     name = socket.gethostname()
     names = {name, name.split(".")[0], "localhost", "127.0.0.1"}
@@ -134,12 +183,31 @@ class Launched:
     """One agent job: its thread waits on the launcher's result."""
 
     number: int
+    generation: int = 0  # a budgeted sweep's: 0 searches, 1 runs the final (sweeps/agent.py)
+    launched_at: float = field(default_factory=time.time)
     thread: threading.Thread | None = None
     error: BaseException | None = None
 
     @property
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
+
+
+@dataclass(kw_only=True)
+class AgentPlanning:
+    """What a budgeted sweep on agents needs beyond a count sweep (see ``AgentBudget``).
+
+    Args:
+        policy: the plan's policy from the agents' calibration records (a re-run: from the
+            plan the study holds, with no records).
+        planned: the study holds a plan already: the agents do not calibrate.
+        final_launcher: launches the final run's agent, given a whole node.
+    """
+
+    policy: Callable[[list[dict[str, Any]]], AgentBudget]
+    planned: bool
+    final_launcher: Any
+    calibration_wait: float = 15.0  # after the first agent's record, for the others'
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +239,8 @@ class AgentSweep:
     outputs: SweepOutputs
     transfer: Transfer | None = None  # once the search has ended, its best trained on longer
     compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
+    planning: AgentPlanning | None = None  # a budgeted sweep (hydra.sweeper.budget)
+    token: str = ""  # this run's: its agents mark the trials they run with it
     failures: list[str] = field(default_factory=list)
     fatal: str | None = None  # a failure every trial would meet (TrialOutcome.fatal)
     _ledger: Ledger = field(init=False, repr=False)
@@ -182,13 +252,17 @@ class AgentSweep:
 
     def run(self) -> None:
         self.study.set_user_attr(STOP_ATTR, False)
-        self._enqueue()
+        if self.planning is None:
+            self._enqueue()
         self._unpack_earlier()
-        progress = Progress(self.settings.n_trials)
+        progress = Progress(self.settings.n_trials if self.planning is None else None)
         self._ledger.refresh()
         progress.start(self._ledger)
         try:
-            self._watch(progress)
+            if self.planning is None:
+                self._watch(progress)
+            else:
+                BudgetWatch(self, self.planning).run(progress)
         finally:
             progress.close()
         if self.fatal is not None:
@@ -234,18 +308,20 @@ class AgentSweep:
             return False
         return self.transfer.enqueue(self.study, self.compose)
 
-    def _launch(self) -> None:
-        agent = Launched(number=len(self._agents))
+    def _launch(self, launcher: Any = None, generation: int = 0) -> Launched:
+        agent = Launched(number=len(self._agents), generation=generation)
         agent.thread = threading.Thread(
-            target=self._wait_for, args=(agent,), daemon=True, name=f"agent-{agent.number}"
-        )
+            target=self._wait_for, args=(agent, launcher or self.launcher), daemon=True,
+            name=f"agent-{agent.number}",
+        )  # fmt: skip
         self._agents.append(agent)
         agent.thread.start()
+        return agent
 
-    def _wait_for(self, agent: Launched) -> None:
+    def _wait_for(self, agent: Launched, launcher: Any) -> None:
         overrides = [f"hydra.sweep.subdir={AGENTS_DIR}/{agent.number}"]
         try:
-            (ret,) = self.launcher.launch([overrides], initial_job_idx=agent.number)
+            (ret,) = launcher.launch([overrides], initial_job_idx=agent.number)
             if ret.status == JobStatus.FAILED:
                 raise job_error(ret) or RuntimeError("the agent's job failed")
         except BaseException as err:  # noqa: BLE001 - its trial is recovered by heartbeat
@@ -253,13 +329,16 @@ class AgentSweep:
             log.warning("agent %d ended: %s: %s", agent.number, type(err).__name__,
                         first_line(err))  # fmt: skip
 
-    def _replace_ended(self) -> None:
-        """Agents for the trials that wait; agents that failed to run count against a limit
-        (a launcher that cannot start jobs ends the sweep with its error)."""
-        alive = sum(a.alive for a in self._agents)
+    def _replace_ended(self, generation: int = 0, wanted: int | None = None) -> None:
+        """Agents for the trials that wait (``wanted`` of ``generation`` alive, by default
+        n_jobs); agents that failed to run count against a limit (a launcher that cannot
+        start jobs ends the sweep with its error)."""
+        launcher = self.launcher if generation == 0 else self._launcher_of(generation)
+        mine = [a for a in self._agents if a.generation == generation]
+        alive = sum(a.alive for a in mine)
         failed = [a for a in self._agents if a.error is not None and not a.alive]
         limit = self.settings.n_jobs * (self.settings.max_retries + 2)
-        for _ in range(self.settings.n_jobs - alive):
+        for _ in range((self.settings.n_jobs if wanted is None else wanted) - alive):
             if len(failed) >= limit:
                 if alive == 0:
                     last = failed[-1].error
@@ -268,16 +347,43 @@ class AgentSweep:
                         f"{type(last).__name__}: {last}"
                     )
                 return
-            log.info("an agent ended with trials still waiting: launching another")
-            self._launch()
+            if generation:
+                log.info("launching the final run's agent, given a whole node")
+            elif mine:
+                log.info("an agent ended with trials still waiting: launching another")
+            self._launch(launcher, generation)
 
-    def _recover(self) -> None:
-        """Trials whose agent died (no heartbeat for the grace period): FAIL, then retried."""
-        for trial in stale_trials(self.study, self.settings.grace_period):
-            if fail_trial(self.study, trial, "its agent stopped (no heartbeat)"):
-                retried = retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
-                log.warning("trial %d lost its agent: failed%s", trial.number,
-                            ", retried" if retried else "")  # fmt: skip
+    def _launcher_of(self, generation: int) -> Any:
+        assert self.planning is not None
+        return self.planning.final_launcher
+
+    def _recover(self) -> list[FrozenTrial]:
+        """Trials whose agent died (no heartbeat for the grace period, or its job ended while
+        the trial ran): FAIL, then retried; returns those failed. A budgeted sweep's final run
+        is planned again instead (``BudgetWatch``)."""
+        lost = []
+        for trial in self._lost_trials():
+            if not fail_trial(self.study, trial, "its agent stopped (no heartbeat)"):
+                continue
+            lost.append(trial)
+            if self.planning is not None and phase_of(trial) == FINAL:
+                continue
+            retried = retry(self.study, trial, self.settings.max_retries, JOB_ATTRS)
+            log.warning("trial %d lost its agent: failed%s", trial.number,
+                        ", retried" if retried else "")  # fmt: skip
+        return lost
+
+    def _lost_trials(self) -> list[FrozenTrial]:
+        """Running trials without a heartbeat for the grace period, and those whose agent's
+        job (launched by this process) has ended: killed, cancelled, lost with its node."""
+        ended = {str(a.number) for a in self._agents if not a.alive and a.thread is not None}
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        stale = {t.number for t in stale_trials(self.study, self.settings.grace_period)}
+        return [t for t in running if t.number in stale or self._ran_by(t, ended)]
+
+    def _ran_by(self, trial: FrozenTrial, agents: set[str]) -> bool:
+        token, _, number = str(trial.system_attrs.get(AGENT_ATTR, "")).partition(":")
+        return token == self.token and number in agents
 
     def _unpack_earlier(self) -> None:
         """Trials that ended before this run (an interrupted sweep's agents went on)."""
@@ -339,6 +445,129 @@ class AgentSweep:
                 agent.thread.join(timeout=max(0.0, end - time.monotonic()))
             if agent.alive:
                 log.info("agent %d has not ended yet (still queued?); not waiting", agent.number)
+
+
+class BudgetWatch:
+    """A budgeted sweep watched from the sweep process, its phases run by agents.
+
+    Without a plan yet, ``n_jobs`` search agents are launched and each measures its speed; the
+    plan is made from their records (``AgentPlanning.policy``). Then, each look: trials whose
+    agent died are failed and retried (a final run is planned again for the time left); ended
+    trials are collected; the policy enqueues what its phase wants; dead search agents are
+    replaced while the search and candidates run. When the final run is due, the search agents
+    retire, and once they have left, the final run is enqueued and one agent launched for it
+    with a whole node (``final_launcher``). It ends when the final run has ended.
+    """
+
+    def __init__(self, sweep: AgentSweep, planning: AgentPlanning) -> None:
+        self.sweep, self.planning = sweep, planning
+        self.study = sweep.study
+        self.final_failures = 0
+
+    def run(self, progress: Progress) -> None:
+        sweep = self.sweep
+        policy = self._policy()
+        self.study.set_user_attr(RETIRE_ATTR, 1 if policy.phase == FINAL else 0)
+        while True:
+            for trial in sweep._recover():
+                if phase_of(trial) == FINAL:
+                    self._final_lost(policy)
+            sweep._ledger.refresh()
+            for outcome in sweep._collect(sweep._ledger.trials):
+                progress.finished(sweep._ledger, outcome)
+                policy.observe(sweep._ledger.trials[outcome.number])
+            if sweep._too_many_failures() or sweep.fatal is not None:
+                sweep.stop()
+            if sweep._stopping() or not self._step(policy):
+                break
+            time.sleep(0.5)
+        policy.tick()
+        self.study.set_user_attr(RETIRE_ATTR, 2)
+        sweep._join()
+
+    def _step(self, policy: AgentBudget) -> bool:
+        """One look's decisions; False once the sweep has nothing left to run."""
+        if policy.phase != FINAL:
+            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            policy.step(max(0, self._alive(0) - running))
+            if policy.phase == CANDIDATE:
+                self._final_agent()  # up (or queued for the node) when the final is due
+            if policy.phase != FINAL:
+                self.sweep._replace_ended(0)
+                return True
+        if policy.final_due:
+            self._final_agent()
+            self.study.set_user_attr(RETIRE_ATTR, 1)  # the search agents leave the node
+            if self._up(0):
+                return True  # (one still queued by its engine leaves as soon as it starts)
+            policy.enqueue_final(self._final_start())
+        state = policy.final_state()
+        if state == "waiting":
+            self._final_agent()
+        return state in ("waiting", "running")
+
+    def _final_agent(self) -> None:
+        self.sweep._replace_ended(1, wanted=1)
+
+    def _final_start(self) -> float:
+        """Seconds until the final run's agent can start it: none once it is up, else what
+        this run's agents took from their launch to their first job."""
+        return 0.0 if self._up(1) else self._agent_start()
+
+    def _up(self, generation: int) -> int:
+        """Agents of ``generation`` alive and started (not waiting in an engine's queue)."""
+        prefix = f"{READY_ATTR}{self.sweep.token}:"
+        up = {k[len(prefix):] for k in self.study.user_attrs if k.startswith(prefix)}
+        mine = [a for a in self.sweep._agents if a.generation == generation and a.alive]
+        return sum(str(a.number) in up for a in mine)
+
+    def _policy(self) -> AgentBudget:
+        if self.planning.planned:
+            return self.planning.policy([])
+        for _ in range(self.sweep.settings.n_jobs):
+            self.sweep._launch()
+        return self.planning.policy(self._calibrations())
+
+    def _calibrations(self) -> list[dict[str, Any]]:
+        """Every search agent's speed record, or those in by ``calibration_wait`` seconds
+        after the first; an agent that died measuring is replaced."""
+        prefix, first = f"{CALIBRATION_ATTR}{self.sweep.token}:", None
+        while True:
+            attrs = self.study.user_attrs
+            found = [v for k, v in attrs.items() if k.startswith(prefix)]
+            errors = [str(v["error"]) for v in found if "error" in v]
+            if errors:
+                raise AgentsFailed(f"an agent could not measure its training speed: {errors[0]}")
+            first = first or (time.monotonic() if found else None)
+            patience = self.planning.calibration_wait
+            waited = first is not None and time.monotonic() - first > patience
+            if len(found) >= self.sweep.settings.n_jobs or waited:
+                return found
+            self.sweep._replace_ended(0)
+            time.sleep(0.5)
+
+    def _agent_start(self) -> float:
+        """Seconds from an agent's launch to its first job, as this run's agents took."""
+        launched = {str(a.number): a.launched_at for a in self.sweep._agents}
+        prefix = f"{CALIBRATION_ATTR}{self.sweep.token}:"
+        seen = [
+            float(v["started"]) - launched[k[len(prefix):]]
+            for k, v in self.study.user_attrs.items()
+            if k.startswith(prefix) and k[len(prefix):] in launched and "started" in v
+        ]  # fmt: skip
+        return max(seen, default=START_SECONDS)
+
+    def _final_lost(self, policy: AgentBudget) -> None:
+        self.final_failures += 1
+        if self.final_failures > self.sweep.settings.max_retries + 1:
+            log.warning("the final run lost its agent %d times: not run again",
+                        self.final_failures)  # fmt: skip
+            return
+        log.warning("the final run lost its agent: planned again for the time left")
+        policy.replan_final(self._agent_start())
+
+    def _alive(self, generation: int) -> int:
+        return sum(a.alive for a in self.sweep._agents if a.generation == generation)
 
 
 def untried(grid: dict[str, list[Any]], trials: list[FrozenTrial]) -> list[dict[str, Any]]:

@@ -91,6 +91,10 @@ class Plan:
     candidates: int
     anneal: float
 
+    def candidate_deadline(self) -> float:
+        """When a candidate still running is stopped: a little past C (it is nearly done)."""
+        return self.candidates_end + LATE * self.budget
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -239,9 +243,6 @@ class Timeline:
         if seconds <= 0 or not rates or not all(math.isfinite(r) for r in rates):
             return None
         return start_flops + int(RATE_MARGIN * min(rates) * seconds)
-
-    def candidate_deadline(self) -> float:
-        return self.plan.candidates_end + LATE * self.plan.budget
 
     def final_seconds(self, eval_seconds: float) -> float:
         """Training seconds the final run has before T, start-up and scoring kept aside."""

@@ -21,7 +21,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.internals import storage_of, trial_id
 from sweeps.ledger import PHASE, RETRY_OF, Ledger, counts_towards_total, phase_of
-from sweeps.plan import CANDIDATE, FINAL, SEARCH, TRANSFER, Clock, Observed, Plan, Timeline
+from sweeps.plan import (
+    CANDIDATE,
+    FINAL,
+    SEARCH,
+    TRANSFER,
+    Clock,
+    Observed,
+    Plan,
+    Timeline,
+)
 from sweeps.space import SearchSpace, sample, to_overrides
 from sweeps.storage import pop_waiting
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
@@ -29,6 +38,7 @@ from tbptt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 USED_ATTR = "sweeps:used_seconds"  # the budget clock, saved in the study for re-runs
+PLAN_ATTR = "sweeps:plan"  # study attr: a budgeted sweep's plan, kept for its re-runs
 # A continuation resumes its parent's checkpoint within its time: its replay trains from scratch.
 NOT_REPLAYED = ("trainer.resume=", "trainer.max_seconds=")
 PARENT, EXTRA = "parent", "extra"  # user attrs of enqueued continuations (and PHASE)
@@ -242,6 +252,39 @@ class Transfer:
         return f"{scaled:.6g}" if key == "max_seconds" else str(int(round(scaled)))
 
 
+class BudgetSpec:
+    """A budgeted sweep's job for a trial, from its user attrs: a search trial trains r0
+    FLOPs until the search ends; a continuation resumes its parent as its attrs say.
+
+    Args:
+        plan: the phases and the search rung.
+        wall_at: the ``time.time()`` at which the budget clock reads a given second (the
+            local pool's clock, or, on agents, the instant the sweep recorded as its zero).
+    """
+
+    def __init__(self, plan: Plan, wall_at: Callable[[float], float]) -> None:
+        self.plan, self.wall_at = plan, wall_at
+
+    def __call__(self, attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        phase, plan = attrs.get(PHASE, SEARCH), self.plan
+        if phase == SEARCH:
+            extra = flops_overrides(plan.trial_flops, plan.eval_every_flops)
+            return extra, {"deadline": self.wall_at(plan.search_end),
+                           "target_flops": plan.trial_flops}  # fmt: skip
+        job: dict[str, Any] = {
+            "phase": phase,
+            "prune": False,  # continuations are compared by the plan, not by the pruner
+            "init_from": attrs["init_from"],
+            "threads": attrs.get("threads"),
+            "score": tuple(attrs.get("score", ())),
+            "score_file": attrs.get("score_file", "checkpoint.pt"),
+        }
+        if phase == CANDIDATE:
+            deadline = self.wall_at(plan.candidate_deadline())
+            job.update(deadline=deadline, target_flops=attrs["target_flops"])
+        return list(attrs[EXTRA]), job
+
+
 class BudgetPolicy:
     """Search, train the best candidates on, train the winner long: all within the plan's
     budget (see sweeps/plan.py). Continuations are enqueued trials with their parent's
@@ -261,6 +304,7 @@ class BudgetPolicy:
         self.plan: Plan = timeline.plan
         self.phase = self._phase_now()
         self._shared_threads = 1
+        self.final_start = 0.0  # seconds before the final run's job starts (an agent's launch)
         if self.phase == FINAL:
             self._replan_final()
 
@@ -339,33 +383,19 @@ class BudgetPolicy:
     # -- what each phase's jobs look like ----------------------------------------------------
 
     def _spec(self, attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-        phase = attrs.get(PHASE, SEARCH)
-        plan, clock = self.plan, self.timeline.clock
-        if phase == SEARCH:
-            extra = flops_overrides(plan.trial_flops, plan.eval_every_flops)
-            deadline = clock.wall_at(plan.search_end)
-            return extra, {"deadline": deadline, "target_flops": plan.trial_flops}
-        job: dict[str, Any] = {
-            "phase": phase,
-            "prune": False,  # continuations are compared by the plan, not by the pruner
-            "init_from": attrs["init_from"],
-            "threads": attrs.get("threads"),
-            "score": tuple(attrs.get("score", ())),
-            "score_file": attrs.get("score_file", "checkpoint.pt"),
-        }
-        if phase == CANDIDATE:
-            deadline = clock.wall_at(self.timeline.candidate_deadline())
-            job.update(deadline=deadline, target_flops=attrs["target_flops"])
-        return list(attrs[EXTRA]), job
+        return BudgetSpec(self.plan, self.timeline.clock.wall_at)(attrs)
 
     def _enqueue(self, parent: FrozenTrial, attrs: dict[str, Any]) -> None:
         attrs = {PARENT: parent.number, "init_from": parent.user_attrs["job_dir"], **attrs}
         self.study.enqueue_trial(parent.params, user_attrs=attrs, skip_if_exists=False)
 
     def _drop_waiting_search(self) -> None:
-        """Retries still waiting when the search ends are not run: fail them, saying why."""
+        """Trials still waiting when the search ends are not run: fail them, saying why. Each
+        is claimed first (an agent may pop one meanwhile: that one runs, to its deadline)."""
         for _ in self._trials(SEARCH, (TrialState.WAITING,)):
-            self.maker.fail(self.study.ask(), "not run: the search phase ended")
+            trial = pop_waiting(self.study)
+            if trial is not None:
+                self.maker.fail(trial, "not run: the search phase ended")
 
     def _complete(self, phase: str) -> list[FrozenTrial]:
         return self._trials(phase, (TrialState.COMPLETE,))
@@ -411,7 +441,7 @@ class BudgetPolicy:
             log.warning("no trial completed: nothing to train on")
             return
         scoring = float(winner.user_attrs.get("score_seconds", 0.0)) * 2 + 2.0
-        available = self.timeline.final_seconds(scoring)
+        available = self.timeline.final_seconds(scoring + self.final_start)
         if available <= 0:
             log.warning("the budget is spent: the best trial so far is the result")
             return
@@ -442,3 +472,74 @@ def rate_of(trial: FrozenTrial) -> float:
     if seconds - start_seconds <= 0:
         return math.nan
     return (flops - start) / (seconds - start_seconds)
+
+
+class AgentBudget(BudgetPolicy):
+    """The plan's phases run by agents (sweeps/launch.py): the sweep process enqueues what the
+    agents pop, where the local pool's scheduler hands jobs to workers. While the search is
+    open it keeps one search ticket (no parameters: the agent that pops it samples them)
+    waiting per idle agent; the candidates are enqueued as on the pool, one per agent; the
+    final run waits until the search agents have left (``final_due``), then goes to an agent
+    given a whole node. Agents make each job with ``BudgetSpec``.
+
+    Args:
+        maker: the sweep process's trial maker (it fails what the plan no longer wants).
+        timeline: the plan and the sweep process's budget clock.
+        n_trials: at most this many search trials.
+        workers: the search agents.
+    """
+
+    def __init__(self, maker: TrialMaker, timeline: Timeline, n_trials: int, workers: int):
+        super().__init__(maker, timeline, n_trials, workers)
+        self.final_due = False
+
+    def step(self, idle: int) -> None:
+        """Enqueue what the phase wants now; ``idle``: search agents with nothing to run."""
+        self.tick()
+        if self.phase == SEARCH:
+            if self._search_open():
+                waiting = len(self._trials(SEARCH, (TrialState.WAITING,)))
+                for _ in range(idle - waiting):
+                    self.study.enqueue_trial({}, skip_if_exists=False)
+                return
+            self._drop_waiting_search()
+            if self._trials(SEARCH, (TrialState.RUNNING,)):
+                return  # the candidates are chosen once every search trial has ended
+            self.phase = CANDIDATE if self._enqueue_candidates() else FINAL
+            self.final_due = self.phase == FINAL
+        elif self.phase == CANDIDATE:
+            if not self._trials(CANDIDATE, (TrialState.WAITING, TrialState.RUNNING)):
+                self.phase, self.final_due = FINAL, True
+
+    def enqueue_final(self, start_seconds: float) -> None:
+        """The final run, now that an agent can have the node: ``start_seconds`` is what an
+        agent takes from its launch to its first job, kept off the final run's time."""
+        self.final_start, self.final_due = start_seconds, False
+        self._enqueue_final(self._winner())
+
+    def replan_final(self, start_seconds: float) -> None:
+        """The final run's agent died (its trial is failed): plan it again for the time left,
+        on a fresh agent."""
+        self.final_start = start_seconds
+        if self.final_state() is None:
+            self._enqueue_final(self._winner())
+
+    def final_state(self) -> str | None:
+        """The final run's: waiting, running, ended (complete or pruned), or None."""
+        trials = self._trials(FINAL)
+        if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+            return "ended"
+        for state in (TrialState.RUNNING, TrialState.WAITING):
+            if any(t.state == state for t in trials):
+                return state.name.lower()
+        return None
+
+    def observe(self, trial: FrozenTrial) -> None:
+        """A search trial ended: its speed (as the pool's workers report it)."""
+        if phase_of(trial) != SEARCH or trial.datetime_start is None:
+            return
+        end = trial.datetime_complete or trial.datetime_start
+        attrs = trial.user_attrs
+        seen = Observed(int(attrs.get("flops", 0)), float(attrs.get("wall_seconds", 0.0)),
+                        (end - trial.datetime_start).total_seconds())  # fmt: skip
+        self.timeline.observe(seen)

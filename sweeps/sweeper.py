@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import secrets
+import statistics
 import sys
 import time
 import warnings
@@ -40,26 +41,31 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.agent import HOME_FILE, Agent
+from sweeps.agent import HOME_FILE, ZERO_ATTR, Agent, Budgeted
 from sweeps.compose import Composer, is_group
 from sweeps.config import other_plugin
 from sweeps.gpus import check_gpu_slots, default_jobs, gpu_count, gpu_env
 from sweeps.internals import storage_of
 from sweeps.launch import (
+    AgentPlanning,
     AgentSettings,
     AgentsFailed,
     AgentSweep,
+    agent_cpus,
     agent_hosts,
     check_agent_storage,
     engine_of,
     launcher_target,
+    whole_node,
 )
 from sweeps.ledger import Ledger
 from sweeps.outputs import SweepOutputs, claim_sweep_dir
 from sweeps.plan import Clock, Plan, Timeline, calibration_seconds, make_plan, parse_duration
 from sweeps.policy import (
     JOB_ATTRS,
+    PLAN_ATTR,
     USED_ATTR,
+    AgentBudget,
     BudgetPolicy,
     CountPolicy,
     Transfer,
@@ -100,7 +106,6 @@ from tbptt.errors import ConfigError
 from tbptt.keys import differences, flatten
 
 log = logging.getLogger(__name__)
-PLAN_ATTR = "sweeps:plan"  # study attr: a budgeted sweep's plan, kept for its re-runs
 
 
 RUNNER_FILE = ".runner.pkl"  # the workers' pickled runner, in the (locked) sweep directory
@@ -350,12 +355,6 @@ class OptunaSweeper(Sweeper):
     def _check_agents(self, launcher: str) -> None:
         """What a sweep on agents cannot do, and a storage they cannot reach: said before
         anything is submitted."""
-        name = launcher.rsplit(".", 1)[-1]
-        if self.cfg.budget is not None:
-            raise ConfigError(
-                f"hydra.sweeper.budget: a budgeted sweep runs on the local worker pool, not on "
-                f"agents of hydra.launcher ({name}); drop one of the two"
-            )
         assert self.config is not None
         engine = engine_of(launcher)
         hosts = agent_hosts(engine, self.config.hydra.launcher)
@@ -403,9 +402,10 @@ class OptunaSweeper(Sweeper):
             home_token=token,
             ship=str(self.cfg.ship_results),
         )
-        launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=self.hydra_context, task_function=agent, config=self.config
-        )
+        planning = None
+        if settings.budget is not None:
+            agent, planning = self._agent_planning(agent, study, space, settings)
+        launcher = self._launcher(agent, self.config)
         gridded = isinstance(study.sampler, optuna.samplers.GridSampler)
         limits = AgentSettings(
             n_trials=settings.n_trials,
@@ -423,7 +423,60 @@ class OptunaSweeper(Sweeper):
             outputs=outputs,
             transfer=self._transfer(),
             compose=self.compose,
+            planning=planning,
+            token=token,
         )
+
+    def _launcher(self, agent: Agent, config: DictConfig) -> Any:
+        assert self.hydra_context is not None
+        return Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=agent, config=config
+        )
+
+    def _agent_planning(
+        self, agent: Agent, study: optuna.Study, space: SearchSpace, settings: Settings
+    ) -> tuple[Agent, AgentPlanning]:
+        """A budgeted sweep's agents: search agents with the CPUs the launcher gives each (they
+        measure their speed first if the study has no plan), and a launcher of the final
+        run's agent, given a whole node."""
+        assert self.config is not None and settings.budget is not None
+        launcher = self.config.hydra.launcher
+        engine = engine_of(str(launcher._target_))
+        calibration = CalibrationJob(tuple(space.fixed), threads=1,
+                                     seconds=calibration_seconds(settings.budget))  # fmt: skip
+        cpus = agent_cpus(engine, launcher)
+        search = replace(agent, budget=Budgeted(cpus=cpus, generation=0, calibration=calibration))
+        node = whole_node(self.config, engine)
+        cpus = agent_cpus(engine, node.hydra.launcher)
+        final = replace(agent, budget=Budgeted(cpus=cpus, generation=1, calibration=calibration))
+        clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
+        planning = AgentPlanning(
+            policy=lambda records: self._agent_budget(study, space, settings, clock, records),
+            planned=PLAN_ATTR in study.user_attrs,
+            final_launcher=self._launcher(final, node),
+        )
+        return search, planning
+
+    def _agent_budget(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        settings: Settings,
+        clock: Clock,
+        records: list[dict[str, Any]],
+    ) -> AgentBudget:
+        """The policy of a budgeted sweep on agents: the stored plan, or one made from the
+        agents' speed records; the instant its budget clock reads 0, for the agents."""
+        assert settings.budget is not None
+        if records:
+            rate = statistics.fmean(float(r["rate"]) for r in records)
+            speedup = statistics.median(float(r.get("speedup", 1.0)) for r in records)
+            self._new_plan(study, settings, len(records), rate, speedup, clock)
+        plan = replace(Plan.from_dict(study.user_attrs[PLAN_ATTR]), budget=settings.budget)
+        study.set_user_attr(PLAN_ATTR, plan.as_dict())
+        study.set_user_attr(ZERO_ATTR, time.time() - clock.elapsed())
+        maker = TrialMaker(study, space, self.compose)
+        return AgentBudget(maker, Timeline(plan, clock), settings.n_trials, settings.n_jobs)
 
     def _run(
         self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, outputs: SweepOutputs
@@ -488,9 +541,22 @@ class OptunaSweeper(Sweeper):
         if stored is not None:
             return replace(Plan.from_dict(stored), budget=settings.budget)
         rate, speedup = calibrate(pool, fixed, calibration_seconds(settings.budget))
+        return self._new_plan(study, settings, pool.size, rate, speedup, clock)
+
+    def _new_plan(
+        self,
+        study: optuna.Study,
+        settings: Settings,
+        workers: int,
+        rate: float,
+        speedup: float,
+        clock: Clock,
+    ) -> Plan:
+        """The plan from measured speeds, stored in the study with the pruner it sized."""
+        assert settings.budget is not None
         pruner = str(self.cfg.pruner.get("_target_", "")) if self.cfg.pruner else None
         plan = make_plan(
-            settings.budget, self.cfg.plan, pool.size, rate, speedup, clock.elapsed(), pruner
+            settings.budget, self.cfg.plan, workers, rate, speedup, clock.elapsed(), pruner
         )
         study.set_user_attr(PLAN_ATTR, plan.as_dict())
         study.set_user_attr(PRUNER_ATTR, planned_pruner(self.cfg.pruner, plan))

@@ -230,11 +230,15 @@ class TrialRunner:
             study = optuna.load_study(
                 study_name=ref.study_name, storage=storage, pruner=instantiate(ref.pruner)
             )
-            planned = study.user_attrs.get(PRUNER_ATTR)
-            if planned is not None:  # a budgeted sweep sized the pruner's rungs
-                study.pruner = instantiate(sized_pruner(ref.pruner, planned))
+            self.size_pruner(study)
             self._study = study
         return self._study
+
+    def size_pruner(self, study: optuna.Study) -> None:
+        """The pruner with the rungs a budgeted sweep's plan sized for it, once planned."""
+        planned = study.user_attrs.get(PRUNER_ATTR)
+        if planned is not None:
+            study.pruner = instantiate(sized_pruner(self.study_ref.pruner, planned))
 
     def __call__(
         self, job: TrialJob | CalibrationJob
@@ -340,6 +344,7 @@ class TrialRunner:
             reporter.trial.set_user_attr("start_flops", int(start.flops or 0))
             reporter.trial.set_user_attr("start_seconds", float(start.wall_seconds or 0))
         listening = contract.listening(reporter) if reporter else contextlib.nullcontext()
+        worker = os.getpid()
         with listening:
             try:
                 ret = run_job(
@@ -349,8 +354,10 @@ class TrialRunner:
                     job_dir_key="hydra.sweep.dir",
                     job_subdir_key="hydra.sweep.subdir",
                 )
-            except SystemExit as exit_:  # run_job catches Exception only; sys.exit() is not one
-                ret = failed_job(exit_, job.overrides)
+            except (SystemExit, KeyboardInterrupt) as exit_:  # run_job catches Exception only
+                ret = failed_job(exit_, job.overrides)  # (a worker ignores SIGINT: the app's own)
+        if os.getpid() != worker:  # a process the app forked, back from the task function:
+            os._exit(0 if ret.status == JobStatus.COMPLETED else 1)  # its parent tells the study
         return ret, job_dir
 
 

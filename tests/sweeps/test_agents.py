@@ -132,15 +132,6 @@ def test_a_killed_agent_has_its_trial_retried_and_nothing_is_counted_twice(tmp_p
     assert all(CHUNKS_ATTR in t.system_attrs for t in trials if t.state == TrialState.COMPLETE)
 
 
-def test_agents_refuse_a_budgeted_sweep_before_anything_is_submitted(tmp_path):
-    proc = sweep(tmp_path, "x=interval(-1,1)", "hydra.sweeper.budget=1m")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: hydra.sweeper.budget: a budgeted sweep runs on the local worker pool"
-    )
-    assert not (tmp_path / ".submitit").exists()
-
-
 def test_a_grid_is_enqueued_point_by_point_skipping_what_the_study_holds():
     study = optuna.create_study()
     study.enqueue_trial({"a": 1, "b": "x"})
