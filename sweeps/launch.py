@@ -241,6 +241,10 @@ class AgentSweep:
     compose: Callable[[list[str]], Any] | None = None  # a job's config (the transfer's budget)
     planning: AgentPlanning | None = None  # a budgeted sweep (hydra.sweeper.budget)
     token: str = ""  # this run's: its agents mark the trials they run with it
+    # The sweep's own overrides (`sweep=lr_range`, ...): an agent's job is composed from the
+    # command line's hydra overrides and its job's; without these, `hydra.sweeper.*` given on
+    # the command line fails in a job whose sweeper a `sweep=` file chose.
+    job_overrides: tuple[str, ...] = ()
     failures: list[str] = field(default_factory=list)
     fatal: str | None = None  # a failure every trial would meet (TrialOutcome.fatal)
     _ledger: Ledger = field(init=False, repr=False)
@@ -319,7 +323,7 @@ class AgentSweep:
         return agent
 
     def _wait_for(self, agent: Launched, launcher: Any) -> None:
-        overrides = [f"hydra.sweep.subdir={AGENTS_DIR}/{agent.number}"]
+        overrides = [*self.job_overrides, f"hydra.sweep.subdir={AGENTS_DIR}/{agent.number}"]
         try:
             (ret,) = launcher.launch([overrides], initial_job_idx=agent.number)
             if ret.status == JobStatus.FAILED:

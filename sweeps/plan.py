@@ -37,6 +37,7 @@ EVAL_RESERVE = 0.02  # share of the budget kept for scoring candidates on the fu
 RATE_MARGIN = 0.9  # plan with 90% of a measured rate: rates drift (other load, shapes, evals)
 LATE = 0.02  # share of the budget a continuation may run past its phase (it is nearly done)
 MAX_CANDIDATES = 4
+FINAL_SHARE = 0.1  # of the budget, at least, for the final run
 SEARCH_SHARE = 0.25  # of the budget, for a search whose trials all train to r0
 PRUNED_SEARCH_SHARE = 0.125  # ... with a pruner: as many configurations, about half the compute
 # Pruners that stop trials for being worse than others (not only for diverging): with one, a
@@ -77,8 +78,8 @@ class Plan:
     Example:
         >>> from sweeps.config import PlanConfig
         >>> plan = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8)
-        >>> plan.trial_flops  # 8e10 FLOP/s x (0.25 x 540 - 8) s / 5 full trials (no pruner)
-        2032000000000
+        >>> plan.trial_flops  # 8e10 FLOP/s x 0.25 x 540 s / 5 full trials (no pruner)
+        2160000000000
     """
 
     budget: float
@@ -119,19 +120,21 @@ def make_plan(
     started: float,
     pruner: str | None = None,
 ) -> Plan:
-    """``cfg``: the ``hydra.sweeper.plan`` settings; ``started``: seconds already spent;
-    ``pruner``: the pruner's ``_target_`` (None: no pruner)."""
-    search_end = budget * search_share(cfg, pruner)
+    """``cfg``: the ``hydra.sweeper.plan`` settings; ``started``: seconds already spent
+    (start-up, calibration): the search's share begins after them; ``pruner``: the pruner's
+    ``_target_`` (None: no pruner)."""
+    search = budget * search_share(cfg, pruner)
+    search_end = started + search
     candidates_end = search_end + budget * cfg.candidate_share
-    if search_end - started < max(budget * 0.05, 3 * START_SECONDS):
+    final = budget - candidates_end
+    if search < max(budget * 0.05, 3 * START_SECONDS) or final < FINAL_SHARE * budget:
         raise ConfigError(
-            f"hydra.sweeper.budget={budget:g}s leaves {search_end - started:.0f} s to search "
-            f"after {started:.0f} s of start-up; give a larger budget"
+            f"hydra.sweeper.budget={budget:g}s leaves {search:.0f} s to search and {final:.0f} s "
+            f"to the final run after {started:.0f} s of start-up; give a larger budget"
         )
     # r0 is what an unpruned search's trials get: a pruner shortens the search, not the trials
     # (which would rank configurations after less training: short-horizon bias).
-    unpruned_end = max(search_end, budget * search_share(cfg, None))
-    trial_flops = int(rate * (unpruned_end - started) / cfg.full_trials)
+    trial_flops = int(rate * budget * search_share(cfg, None) / cfg.full_trials)
     k = cfg.candidates or min(workers, MAX_CANDIDATES)
     return Plan(
         budget=budget,
@@ -157,7 +160,7 @@ def check_plan_settings(cfg: Any) -> None:
         value = search if key == "search" else getattr(cfg, key)
         if not low <= value <= high or (key == "search" and value == 0):
             raise ConfigError(f"hydra.sweeper.plan.{key} must be in ({low}, {high}], got {value}")
-    if search + cfg.candidate_share >= 0.9:
+    if search + cfg.candidate_share >= 1 - FINAL_SHARE:
         raise ConfigError(
             "hydra.sweeper.plan.search + plan.candidate_share must leave at least 10% of the "
             f"budget to the final run, got {search} + {cfg.candidate_share}"

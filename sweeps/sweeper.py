@@ -425,6 +425,7 @@ class OptunaSweeper(Sweeper):
             compose=self.compose,
             planning=planning,
             token=token,
+            job_overrides=tuple(space.fixed),
         )
 
     def _launcher(self, agent: Agent, config: DictConfig) -> Any:

@@ -73,7 +73,7 @@ def test_a_budgeted_sweep_on_submitit_local_agents_plans_searches_and_trains_a_f
     budget = 40.0
     started = time.monotonic()
     args = command(tmp_path, budget, "hydra/launcher=submitit_local",
-                   "hydra.sweeper.plan.search=0.5")  # fmt: skip
+                   "hydra.sweeper.plan.search=0.3")  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]

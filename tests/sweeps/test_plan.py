@@ -47,8 +47,8 @@ def test_bad_durations_name_the_key(value):
 def test_plan_splits_the_budget_and_sizes_the_search_rung():
     cfg = PlanConfig(search=0.4, candidate_share=0.2)
     plan = make_plan(540, cfg, workers=2, rate=8e10, speedup=1.7, started=8.0)
-    assert (plan.search_end, plan.candidates_end, plan.budget) == (216.0, 324.0, 540.0)
-    assert plan.trial_flops == int(8e10 * (216 - 8) / 5)
+    assert (plan.search_end, plan.candidates_end, plan.budget) == (224.0, 332.0, 540.0)
+    assert plan.trial_flops == int(8e10 * 216 / 5)
     assert plan.eval_every_flops == plan.trial_flops // 9
     assert plan.candidates == 2
 
@@ -71,9 +71,9 @@ def test_a_pruner_shortens_the_search_but_not_its_trials():
                          pruner=NONE)  # fmt: skip
     pruned = make_plan(540, PlanConfig(), workers=2, rate=8e10, speedup=1.7, started=8.0,
                        pruner=ASHA)  # fmt: skip
-    assert (unpruned.search_end, pruned.search_end) == (135.0, 67.5)
-    assert pruned.trial_flops == unpruned.trial_flops == int(8e10 * (135 - 8) / 5)
-    assert pruned.candidates_end == 67.5 + 54.0  # the final run gets what the search saved
+    assert (unpruned.search_end, pruned.search_end) == (8 + 135.0, 8 + 67.5)
+    assert pruned.trial_flops == unpruned.trial_flops == int(8e10 * 135 / 5)
+    assert pruned.candidates_end == 8 + 67.5 + 54.0  # the final run gets what the search saved
 
 
 def test_one_worker_has_no_candidates_phase_and_a_small_budget_is_refused():
