@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis.load import SweepResults
 from sweeps.config import answer_function
@@ -326,13 +327,16 @@ def span(values: Sequence[float]) -> str:
 
 
 def run_setting(results: SweepResults, key: str) -> object:
-    """A fixed setting (``data.delay``) as the first run's saved config has it; None if absent."""
-    from omegaconf import OmegaConf
-
+    """A fixed setting (``data.delay``) as the first run's saved config has it; None if absent.
+    Read as plain YAML: an interpolation in a received file (``${oc.env:...}``) stays text,
+    so nothing of this machine (an environment variable) reaches the report."""
     for job_dir in results.trials["job_dir"].dropna():
         path = Path(str(job_dir)) / ".hydra" / "config.yaml"
         if path.is_file():
-            return OmegaConf.select(OmegaConf.load(path), key, default=None)
+            node: object = yaml.safe_load(path.read_text())
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            return node
     return None
 
 

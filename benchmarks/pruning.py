@@ -20,6 +20,7 @@ unpruned wall time.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -99,9 +100,12 @@ def one_sweep(root: Path, s: Settings, arm: str, seed: int) -> Outcome:
 
 
 def run(smoke: bool) -> list[Row]:
+    """The sweeps' directories are removed at the end, unless ``BENCH_KEEP`` names a directory
+    to keep them in (to look at what each arm ran)."""
     s = SMOKE if smoke else FULL
+    keep = os.environ.get("BENCH_KEEP")
     with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
-        root = Path(tmp)
+        root = Path(keep) if keep else Path(tmp)
         if smoke:  # both arms at once: the figures mean nothing, the code runs
             with ThreadPoolExecutor(max_workers=2) as pool:
                 futures = {arm: pool.submit(one_sweep, root, s, arm, 0) for arm in ARMS}

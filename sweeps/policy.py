@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,31 @@ def flops_overrides(max_flops: int, eval_every: int) -> list[str]:
     ]
 
 
+# What a continuation's stored overrides may say: its budget and cadence, and that it resumes.
+# The storage is data: an override there naming anything else (a class to instantiate, an
+# interpolation) was not written by a sweep, and is refused.
+_STORED = re.compile(
+    r"trainer\.(max_tokens|max_flops|max_seconds|eval_every_tokens|eval_every_flops|anneal|"
+    r"resume)=(null|true|false|[0-9][0-9.e+-]*)"
+)
+SCORE_FILES = ("checkpoint.pt", "best.pt")
+
+
+def stored_extra(attrs: dict[str, Any]) -> list[str]:
+    """A continuation's extra overrides, as its trial's user attrs hold them, checked."""
+    extra = [str(o) for o in attrs.get(EXTRA, [])]
+    for override in extra:
+        if not _STORED.fullmatch(override):
+            raise ConfigError(
+                f"a continuation's stored overrides hold {override!r}, which no sweep writes "
+                "(only trainer budgets); the study's storage was changed by hand: refused"
+            )
+    if attrs.get("score_file", SCORE_FILES[0]) not in SCORE_FILES:
+        raise ConfigError(f"a continuation's stored score_file {attrs['score_file']!r} is not "
+                          f"one of {', '.join(SCORE_FILES)}: refused")  # fmt: skip
+    return extra
+
+
 def last_per_key(overrides: list[str]) -> list[str]:
     """Each key's last override only (a continuation's budget replaces the study's), so the
     command that replays a trial names every key once."""
@@ -102,10 +128,10 @@ class TrialMaker:
             return None
         try:
             values = sample(trial, self.space, self.compose)
-        except ConfigError as err:  # custom_search_space's: each trial would meet it
-            self.fail(trial, f"error: {err}")
+            extra, job = spec(trial.user_attrs)
+        except ConfigError as err:  # custom_search_space's (each trial would meet it), or a
+            self.fail(trial, f"error: {err}")  # continuation the storage holds, refused
             raise
-        extra, job = spec(trial.user_attrs)
         overrides = last_per_key([*self.space.fixed, *to_overrides(values), *extra])
         trial.set_user_attr("overrides", overrides)
         replay = [o for o in overrides if not o.startswith(NOT_REPLAYED)]
@@ -159,8 +185,8 @@ class CountPolicy:
         continues its parent, unpruned; a search trial has none."""
         if attrs.get(PHASE) != TRANSFER:
             return [], {}
-        return list(attrs[EXTRA]), {"phase": TRANSFER, "prune": False,
-                                    "init_from": attrs.get("init_from")}  # fmt: skip
+        return stored_extra(attrs), {"phase": TRANSFER, "prune": False,
+                                     "init_from": attrs.get("init_from")}  # fmt: skip
 
     def _grid_done(self, trials: list[FrozenTrial]) -> bool:
         if self.grid_size is None:
@@ -282,7 +308,7 @@ class BudgetSpec:
         if phase == CANDIDATE:
             deadline = self.wall_at(plan.candidate_deadline())
             job.update(deadline=deadline, target_flops=attrs["target_flops"])
-        return list(attrs[EXTRA]), job
+        return stored_extra(attrs), job
 
 
 class BudgetPolicy:

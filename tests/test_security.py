@@ -264,3 +264,57 @@ def test_a_redis_journals_pickled_snapshot_is_never_loaded(tmp_path, monkeypatch
     opened = storage.open_storage("redis://127.0.0.1:6379/0", tmp_path)
     optuna.create_study(study_name="s", storage=opened)
     assert not (tmp_path / "ran").exists()
+
+
+# -- continuations the storage holds: only budgets, never code or other files -------------
+
+
+@pytest.mark.parametrize(
+    ("attrs", "refused"),
+    [
+        ({"extra": ["trainer.max_flops=1000", "trainer.resume=true"]}, None),
+        ({"extra": ["trainer.max_seconds=1.5e+02", "trainer.anneal=0.95"]}, None),
+        ({"extra": ["optim._target_=os.system"]}, "'optim._target_=os.system', which no sweep"),
+        ({"extra": ["trainer.max_flops=${oc.env:HOME}"]}, "which no sweep writes"),
+        ({"extra": ["+hydra.job.chdir=true"]}, "which no sweep writes"),
+        ({"extra": ["trainer.resume=true", "trainer.max_flops=1;rm"]}, "which no sweep writes"),
+        ({"extra": [], "score_file": "../../etc/passwd"}, "score_file '../../etc/passwd'"),
+    ],
+)  # fmt: skip
+def test_a_stored_continuation_runs_only_budget_overrides(attrs, refused):
+    from sweeps.policy import TRANSFER, CountPolicy, TrialMaker
+    from sweeps.space import SearchSpace
+    from tbptt.errors import ConfigError
+
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={"phase": TRANSFER, "init_from": "/x", **attrs})
+    maker = TrialMaker(study, SearchSpace(params=(), fixed=()), lambda o: None, pop_only=True)
+    if refused is None:
+        assert maker.make(CountPolicy.job_spec) is not None
+        return
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        maker.make(CountPolicy.job_spec)
+    (trial,) = study.trials  # failed, saying why: nothing left RUNNING
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("error: a continuation's stored")
+
+
+def test_a_received_job_config_is_read_as_data_not_resolved(tmp_path, monkeypatch):
+    """An interpolation in a received `.hydra/config.yaml` stays text in the report: no
+    environment variable of this machine reaches it."""
+    import pandas as pd
+
+    from analysis.answers import run_setting
+
+    monkeypatch.setenv("TBPTT_SECRET", "s3cret")
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text(
+        "clip:\n  _target_: ${oc.env:TBPTT_SECRET}\ndata:\n  delay: 8\n"
+    )
+
+    class Results:
+        trials = pd.DataFrame({"job_dir": [str(tmp_path / "0")]})
+
+    assert run_setting(Results(), "clip._target_") == "${oc.env:TBPTT_SECRET}"  # type: ignore[arg-type]
+    assert run_setting(Results(), "data.delay") == 8  # type: ignore[arg-type]
+    assert run_setting(Results(), "data.missing") is None  # type: ignore[arg-type]
