@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sweeps.internals import storage_of
-from sweeps.plan import CANDIDATE, FINAL, Plan
+from sweeps.plan import Plan
 from sweeps.policy import PARENT, PLAN_ATTR, BudgetSpec, CountPolicy, TrialMaker
 from sweeps.shipment import shipped, unpack
 from sweeps.space import SearchSpace
@@ -159,18 +159,17 @@ class Agent:
         return self.runner.composer(overrides)
 
 
-
 @dataclass
 class Budgeted:
     """What an agent of a budgeted sweep does beyond popping trials (see sweeps/launch.py).
 
     A search agent (generation 0) of a sweep without a plan first measures its own training
-    speed, on one thread and on all of its ``cpus``, and records it in the study: the sweep
-    process plans from every agent's figure. Then it runs what waits, turning each trial into
-    its job with the plan (``BudgetSpec``) and the instant the sweep recorded as its budget
-    clock's zero, and waits when nothing does (the phases have gaps: the candidates are chosen
-    once every search trial has ended) until the sweep retires its generation. Candidates and
-    the final run get every thread the agent was given.
+    speed on all of its ``cpus`` and records it in the study: the sweep process plans from
+    every agent's figure. Then it runs what waits, turning each trial into its job with the
+    plan (``BudgetSpec``) and the instant the sweep recorded as its budget clock's zero, and
+    waits when nothing does (the phases have gaps: the candidates are chosen once every search
+    trial has ended) until the sweep retires its generation. Every job gets every thread the
+    agent was given.
 
     Args:
         cpus: the CPUs the launcher gives this agent.
@@ -201,9 +200,7 @@ class Budgeted:
             if job is None:
                 time.sleep(POLL_SECONDS)
                 continue
-            if job.phase in (CANDIDATE, FINAL):
-                job = replace(job, threads=self.cpus)
-            agent._run(study, job)
+            agent._run(study, replace(job, threads=self.cpus))
             ran += 1
         log.info("agent done: %d trials", ran)
         return ran
@@ -224,16 +221,9 @@ class Budgeted:
         return bool(attrs.get(STOP_ATTR)) or int(attrs.get(RETIRE_ATTR, 0)) > self.generation
 
     def _calibrate(self, agent: Agent, study: optuna.Study) -> None:
-        """This agent's speed: FLOP/s on one thread, and on all of its CPUs over that."""
+        """This agent's speed: training FLOP/s on all of its CPUs, what its trials get."""
         started = time.time()
-        record: dict[str, Any] = {"started": started}
-        one = agent.runner(replace(self.calibration, threads=1))
-        rate = one if isinstance(one, float) else None
-        if rate is not None and self.cpus > 1:
-            alone = agent.runner(replace(self.calibration, threads=self.cpus))
-            record["speedup"] = max(1.0, alone / rate) if isinstance(alone, float) else 1.0
-        if rate is None:
-            record["error"] = str(one)
-        else:
-            record["rate"] = rate
+        result = agent.runner(replace(self.calibration, threads=self.cpus))
+        measured = {"rate": result} if isinstance(result, float) else {"error": str(result)}
+        record = {"started": started, **measured}
         study.set_user_attr(f"{CALIBRATION_ATTR}{agent.home_token}:{agent.number}", record)

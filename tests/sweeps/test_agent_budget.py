@@ -115,24 +115,31 @@ def kill_in_each_phase(proc: subprocess.Popen[str], open_study, kill, limit: flo
     return killed
 
 
-@pytest.mark.slow
-def test_submitit_local_agents_killed_in_each_phase_are_replaced_within_the_budget(tmp_path):
-    budget = 100.0
-    args = command(tmp_path, budget, "hydra/launcher=submitit_local",
-                   "hydra.sweeper.plan.search=0.4", "hydra.sweeper.plan.candidate_share=0.25")
+def sweep_with_kills(sweep_dir: Path, args: list[str], kill, budget: float) -> optuna.Study:
+    """Run the sweep, taking its agent away in each phase; check what it ended with."""
     started = time.monotonic()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
-    killed = kill_in_each_phase(proc, lambda: load(tmp_path),
-                                lambda pid: os.kill(pid, signal.SIGKILL), limit=budget)
-    _, err = proc.communicate(timeout=300)
+    killed = kill_in_each_phase(proc, lambda: load(sweep_dir), kill, limit=budget)
+    _, err = proc.communicate(timeout=400)
     wall = time.monotonic() - started
     assert proc.returncode == 0, err[-4000:]
     assert killed == ["search", "candidate", "final"], err[-4000:]
-    study = load(tmp_path)
-    check_outcome(tmp_path, study, wall, budget)
+    study = load(sweep_dir)
+    check_outcome(sweep_dir, study, wall, budget)
     lost = [t for t in study.trials if t.user_attrs.get("fail_reason", "").startswith("its agent")]
     assert {t.user_attrs.get("phase", "search") for t in lost} == {"search", "candidate", "final"}
+    return study
+
+
+PHASED = ("hydra.sweeper.plan.search=0.4", "hydra.sweeper.plan.candidate_share=0.25")
+
+
+@pytest.mark.slow
+def test_submitit_local_agents_killed_in_each_phase_are_replaced_within_the_budget(tmp_path):
+    budget = 100.0
+    args = command(tmp_path, budget, "hydra/launcher=submitit_local", *PHASED)
+    sweep_with_kills(tmp_path, args, lambda pid: os.kill(pid, signal.SIGKILL), budget)
 
 
 def slurm_job_of(pid: int) -> str:
@@ -146,22 +153,12 @@ def slurm_job_of(pid: int) -> str:
 @pytest.mark.skipif(shutil.which("sbatch") is None, reason="no Slurm here (.ci/slurm.sh)")
 def test_slurm_agents_cancelled_in_each_phase_are_replaced_within_the_budget(tmp_path):
     budget = 150.0
-    name = f"budget-{os.getpid()}"
     args = command(tmp_path, budget, "hydra/launcher=submitit_slurm",
                    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
-                   "hydra.launcher.timeout_min=10", f"hydra.launcher.name={name}",
-                   "hydra.sweeper.plan.search=0.4", "hydra.sweeper.plan.candidate_share=0.25")
-    started = time.monotonic()
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                   "hydra.launcher.timeout_min=10", f"hydra.launcher.name=budget-{os.getpid()}",
+                   *PHASED)  # fmt: skip
     cancel = lambda pid: subprocess.run(["scancel", slurm_job_of(pid)], check=True)  # noqa: E731
-    killed = kill_in_each_phase(proc, lambda: load(tmp_path), cancel, limit=budget)
-    _, err = proc.communicate(timeout=400)
-    wall = time.monotonic() - started
-    assert proc.returncode == 0, err[-4000:]
-    assert killed == ["search", "candidate", "final"], err[-4000:]
-    study = load(tmp_path)
-    check_outcome(tmp_path, study, wall, budget)
+    study = sweep_with_kills(tmp_path, args, cancel, budget)
     (final,) = [t for t in by_phase(study, "final") if t.state == TrialState.COMPLETE]
     parent = study.trials[final.user_attrs["parent"]]
     assert final.user_attrs["worker"] != parent.user_attrs["worker"]  # its own agent
@@ -176,23 +173,14 @@ def test_ray_agents_lost_in_each_phase_are_replaced_within_the_budget(tmp_path):
     budget = 150.0
     with two_node_cluster() as cluster:
         args = command(tmp_path, budget, "hydra/launcher=ray",
-                       f"hydra.launcher.address={cluster.address}",
-                       "hydra.sweeper.plan.search=0.4", "hydra.sweeper.plan.candidate_share=0.25")
-        started = time.monotonic()
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
-        lost: list[str] = []
+                       f"hydra.launcher.address={cluster.address}", *PHASED)  # fmt: skip
+        lost: list[int] = []
 
         def take_away(pid: int) -> None:
             if not lost:  # the search: the node goes, with whatever runs on it
                 cluster.stop_second_node(graceful=False)
             else:
                 os.kill(pid, signal.SIGKILL)
-            lost.append("x")
+            lost.append(pid)
 
-        killed = kill_in_each_phase(proc, lambda: load(tmp_path), take_away, limit=budget)
-        _, err = proc.communicate(timeout=400)
-        wall = time.monotonic() - started
-    assert proc.returncode == 0, err[-4000:]
-    assert killed == ["search", "candidate", "final"], err[-4000:]
-    check_outcome(tmp_path, load(tmp_path), wall, budget)
+        sweep_with_kills(tmp_path, args, take_away, budget)
