@@ -127,7 +127,7 @@ def test_a_tuple_under_one_direction_stops_the_sweep_at_its_first_trial(tmp_path
     proc = sweep(tmp_path, "mode=choice(returns_a_tuple,ok)", "hydra.sweeper.n_trials=3",
                  "hydra.sweeper.enqueue=[{mode: returns_a_tuple}]")
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert last.startswith("error: ") and "the app returned 2 values (0.5, 0.6)" in last, last
     trials = trials_of(tmp_path)
     assert [t.state for t in trials] == [TrialState.FAIL]  # stopped at the first trial
