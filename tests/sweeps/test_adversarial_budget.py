@@ -44,6 +44,10 @@ REFUSED = [
     ("with a timeout", ["hydra.sweeper.budget=5m", "hydra.sweeper.timeout=60"], "error: hydra.sweeper.timeout and hydra.sweeper.budget are both set: keep one"),
     ("with trainer.max_flops", ["hydra.sweeper.budget=5m", "trainer.max_flops=1e9"], f"error: trainer.max_flops {PLANNED}"),
     ("with trainer.max_tokens", ["hydra.sweeper.budget=5m", "trainer.max_tokens=1024"], f"error: trainer.max_tokens {PLANNED}"),
+    ("with a transfer check", ["hydra.sweeper.budget=5m", "hydra.sweeper.transfer.top_k=2"], "error: hydra.sweeper.transfer is for n_trials sweeps"),
+    ("with two objectives", ["hydra.sweeper.budget=5m", "hydra.sweeper.direction=[minimize,maximize]"], "error: hydra.sweeper.budget needs one objective"),
+    ("with no search share", ["hydra.sweeper.budget=5m", "hydra.sweeper.plan.search=0"], "error: hydra.sweeper.plan.search must be in (0, 1], got 0"),
+    ("with no final run", ["hydra.sweeper.budget=5m", "hydra.sweeper.plan.search=0.5", "hydra.sweeper.plan.candidate_share=0.45"], "error: hydra.sweeper.plan.search + plan.candidate_share must leave at least 10% of the budget to the final run"),
     ("with a swept cadence", ["hydra.sweeper.budget=5m", "trainer.eval_every_tokens=choice(256,512)"], f"error: trainer.eval_every_tokens {PLANNED}"),
 ]  # fmt: skip
 
