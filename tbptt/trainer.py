@@ -63,6 +63,21 @@ TIME_PLAN_MARGIN = 0.95
 DIVERGENCE_MARGIN = 0.1  # nats: near a zero loss, a factor alone would flag noise as climbing
 
 
+def later_rate(marks: list[tuple[float, int]], now: float, flops: int) -> float:
+    """FLOP/s over the later half of the time since the first of ``marks`` (time, FLOPs).
+
+    Example:
+        >>> marks = [(t, 66 * t if t <= 5 else 330 + 120 * (t - 5)) for t in range(20)]
+        >>> later_rate(marks, 20.0, 330 + 120 * 15)  # not (330 + 1800) / 20 = 106.5
+        120.0
+    """
+    halfway = (marks[0][0] + now) / 2
+    since, start = next((m for m in marks if m[0] >= halfway), marks[0])
+    if now <= since or flops <= start:
+        since, start = marks[0]
+    return (flops - start) / (now - since)
+
+
 class StopRun(Exception):
     """Ends a run early with a recorded reason (divergence, non-finite values, a callback)."""
 
@@ -412,11 +427,7 @@ class Trainer:
         assert self.budget.max_seconds is not None
         if now - marks[0][0] < min(RATE_WINDOW_S, 0.2 * self.budget.max_seconds):
             return  # measure the speed a little first (a resumed run may be due at once)
-        halfway = (marks[0][0] + now) / 2
-        since, flops = next(m for m in marks if m[0] >= halfway)
-        if now <= since or s.flops <= flops:
-            since, flops = marks[0]
-        rate = (s.flops - flops) / (now - since)
+        rate = later_rate(marks, now, s.flops)
         self.budget = self.budget.planned(s.flops, rate, self._elapsed())
         s.planned_flops, s.planned_anneal = self.budget.max_flops, self.budget.anneal
 
