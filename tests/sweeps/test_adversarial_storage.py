@@ -12,6 +12,8 @@ import gzip
 import io
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from sweeps import shipment
 from sweeps.shipment import CHUNKS_ATTR, DamagedShipment, ship, unpack
 from sweeps.storage import open_storage, pop_waiting
 from tbptt.errors import ConfigError
+from tests.conftest import ROOT
 
 ROOT_USER = os.geteuid() == 0
 UNREADABLE = (
@@ -229,3 +232,33 @@ def test_an_oversized_file_stays_on_the_agents_host_and_the_rest_ships(
     assert "left on this host (over 0 MB): ['checkpoint.pt']" in caplog.text
     assert unpack(study.trials[0], tmp_path / "home" / "0")
     assert [p.name for p in (tmp_path / "home" / "0").iterdir()] == ["result.json"]
+
+
+# -- the sweep itself on a damaged journal ----------------------------------------------------
+
+TOY = Path(__file__).parent / "toy_app.py"
+SWEEP_CASES = [
+    ("a cut last line, resumed to its total", after(b'{"op_code": 4, "study_id"'), None),
+    ("a bad line inside", inside(b"garbage\n"), f"line 4 is not a journal record (not JSON) and 7 records follow it, {RESTORE}"),
+    ("a record Optuna cannot replay", after(b'{"op_code": 5}\n'), f"line 11 {NOT_REPLAYABLE} (KeyError: 'trial_id')"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "damage", "says"), SWEEP_CASES, ids=[c[0] for c in SWEEP_CASES])
+def test_a_sweep_on_a_damaged_journal_resumes_or_stops_in_one_line(tmp_path, name, damage, says):
+    path = record_ten_lines(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    found = path.read_bytes()
+    cmd = [sys.executable, str(TOY), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}",
+           "x=interval(0,1)", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if says is None:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        study = optuna.load_study(study_name="tbptt", storage=open_storage(None, tmp_path))
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # 3 recorded, 1 more
+        assert [k.read_bytes() for k in tmp_path.glob("study.journal.damaged-*")] == [found]
+        return
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"error: {path}: ") and says in last, last
+    assert path.read_bytes() == found and not list(tmp_path.glob("[0-9]*"))  # nothing ran
