@@ -37,7 +37,7 @@ from sweeps.shipment import ship
 from sweeps.storage import open_storage
 from tbptt import contract
 from tbptt.contract import End, Report, TrialResult
-from tbptt.errors import ConfigError
+from tbptt.errors import ConfigError, first_line
 from tbptt.metrics import atomic_path
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "steps.parquet", "evals.parquet",
@@ -421,8 +421,11 @@ def classify(
     """The job's outcome by the contract's rule; what it trained, from its ``result``."""
     failed = ret.status == JobStatus.FAILED
     error = (job_error(ret) or RuntimeError("job failed")) if failed else None
+    stopped = reporter.stopped
+    if isinstance(error, optuna.TrialPruned):  # how an app written for Optuna stops
+        stopped, error = stopped or f"the app pruned itself ({first_line(error)})", None
     returned = None if failed else ret.return_value
-    told = contract.outcome(returned, result, reporter.stopped, error, objectives)
+    told = contract.outcome(returned, result, stopped, error, objectives)
     trained = result if result is not None and not failed else TrialResult()
     return TrialOutcome(
         number=number,

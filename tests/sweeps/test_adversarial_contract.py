@@ -45,6 +45,8 @@ CASES = [
     ("exits_3", "FAIL", "the app exited with code 3", {}),
     ("exits_with_a_message", "FAIL", "the app exited: cannot go on", {}),
     ("raises_keyboard_interrupt", "FAIL", "KeyboardInterrupt", {100: 1.0}),
+    ("raises_trial_pruned_when_told", "PRUNED", "pruned at step 100", {100: 50.0}),
+    ("raises_trial_pruned_unasked", "PRUNED", "the app pruned itself (it judged itself)", {100: 1.0}),
     ("forks_child_exits", "COMPLETE", 0.4, {100: 0.9, 200: 0.8}),
     ("forks_child_returns", "COMPLETE", 0.4, {100: 0.9, 200: 0.8}),
 ]  # fmt: skip

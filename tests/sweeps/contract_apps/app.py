@@ -44,6 +44,17 @@ def interrupted() -> float:
     raise KeyboardInterrupt
 
 
+def prunes_itself(asked: bool) -> float:
+    """As an app written for Optuna does: raise TrialPruned, when told to stop or unasked."""
+    import optuna
+
+    if contract.report(50.0 if asked else 1.0, 100):
+        raise optuna.TrialPruned("stopping as told")
+    if not asked:
+        raise optuna.TrialPruned("it judged itself")
+    return 0.6
+
+
 MODES = {
     "ok": lambda: [contract.report(1.0, 100), contract.report(0.5, 200), 0.25][-1],
     "slow": lambda: [contract.report(1.0, 100), time.sleep(2.0), contract.report(0.5, 200),
@@ -67,6 +78,8 @@ MODES = {
     "raises_keyboard_interrupt": lambda: interrupted(),
     "forks_child_exits": lambda: forked("exit"),
     "forks_child_returns": lambda: forked("return"),
+    "raises_trial_pruned_when_told": lambda: prunes_itself(asked=True),
+    "raises_trial_pruned_unasked": lambda: prunes_itself(asked=False),
     "returns_a_tuple": lambda: (0.5, 0.6),
 }
 
