@@ -25,9 +25,11 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from sweeps.compose import Composer
@@ -36,6 +38,7 @@ from sweeps.outputs import replay
 from sweeps.shipment import ship
 from sweeps.storage import open_storage
 from tbptt import contract
+from tbptt.cli import one_line
 from tbptt.contract import End, Report, TrialResult
 from tbptt.errors import ConfigError, first_line
 from tbptt.metrics import atomic_path
@@ -287,7 +290,13 @@ class TrialRunner:
         self._set_threads(job.threads)
         with tempfile.TemporaryDirectory(prefix="tbptt-calibrate-") as scratch:
             run = TrialJob(number=-1, trial_id=-1, overrides=tuple(job.run_overrides()))
-            ret, job_dir = self._run_job(run, None, Path(scratch))
+            try:
+                ret, job_dir = self._run_job(run, None, Path(scratch))
+            except (HydraException, OmegaConfBaseException) as err:  # an app without them
+                raise CalibrationError(
+                    f"measuring the training speed failed: {one_line(err)} (a budget plans "
+                    "each trial through the training app's trainer.* keys)"
+                ) from None
             result = contract.read_result(job_dir) or TrialResult()
         flops, seconds = float(result.flops or 0), float(result.wall_seconds or 0)
         if ret.status == JobStatus.FAILED or flops <= 0 or seconds <= 0:

@@ -105,3 +105,20 @@ def test_a_budget_too_small_for_one_trial_is_refused_once_measured(tmp_path, bud
         study = optuna.load_study(study_name="tbptt", storage=open_storage(None, tmp_path))
         assert all(t.state.is_finished() for t in study.trials)
     assert not list(Path(tmp_path).glob("*/steps.parquet"))  # no trial trained
+
+
+def test_a_budget_for_an_app_without_the_trainers_keys_stops_in_one_line(tmp_path):
+    # Any app under the trial contract may name a budget; its plan sets trainer.* keys.
+    cmd = [sys.executable, str(ROOT / "tests" / "sweeps" / "toy_app.py"), "-m",
+           "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}", "x=interval(0,1)",
+           "hydra.sweeper.budget=30s", "hydra.sweeper.n_jobs=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last == (
+        "error: measuring the training speed failed: Could not override 'trainer.max_tokens': "
+        "Key 'trainer' is not in struct (a budget plans each trial through the training app's "
+        "trainer.* keys)"
+    )
+    study = optuna.load_study(study_name="tbptt", storage=open_storage(None, tmp_path))
+    assert study.trials == []  # nothing ran
