@@ -133,6 +133,22 @@ def test_a_journal_that_is_no_file_is_refused_by_name(tmp_path, name, make, says
             read()
 
 
+@pytest.mark.parametrize(
+    ("name", "make", "says"),
+    [
+        ("garbage", lambda p: p.write_bytes(b"not a database " * 100), "(sqlite3.DatabaseError) file is not a database"),
+        ("a directory", lambda p: p.mkdir(), "(sqlite3.OperationalError) unable to open database file"),
+    ],
+    ids=["garbage", "a directory"],
+)  # fmt: skip
+def test_a_damaged_sqlite_storage_is_refused_naming_it(tmp_path, name, make, says):
+    path = tmp_path / "study.db"
+    make(path)
+    with pytest.raises(ConfigError) as refused:
+        open_storage(f"sqlite:///{path}", tmp_path)
+    assert str(refused.value) == f"hydra.sweeper.storage: cannot open sqlite:///{path}: {says}"
+
+
 # -- shipped job directories -----------------------------------------------------------------
 
 
