@@ -13,6 +13,7 @@ import math
 import os
 import pydoc
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -364,10 +365,18 @@ class TrialRunner:
                     job_subdir_key="hydra.sweep.subdir",
                 )
             except (SystemExit, KeyboardInterrupt) as exit_:  # run_job catches Exception only
-                ret = failed_job(exit_, job.overrides)  # (a worker ignores SIGINT: the app's own)
+                if isinstance(exit_, KeyboardInterrupt) and not _ignores_sigint():
+                    raise  # Ctrl-C reached this process (an agent): the sweep stops, not the job
+                ret = failed_job(exit_, job.overrides)
         if os.getpid() != worker:  # a process the app forked, back from the task function:
             os._exit(0 if ret.status == JobStatus.COMPLETED else 1)  # its parent tells the study
         return ret, job_dir
+
+
+def _ignores_sigint() -> bool:
+    """A pool worker ignores SIGINT (sweeps/pool.py): a KeyboardInterrupt there is the app's
+    own, a failure of its job; where SIGINT is heard (an agent), it is Ctrl-C."""
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def drop_console_handlers(log_config: DictConfig | None) -> None:
