@@ -34,8 +34,9 @@ REFUSED = [
     ("negative", ["hydra.sweeper.budget=-5"], "error: hydra.sweeper.budget must be > 0, got -5"),
     ("negative duration", ["hydra.sweeper.budget='-5m'"], f"error: {DURATION} '-5m'"),
     ("NaN", ["hydra.sweeper.budget=nan"], "error: hydra.sweeper.budget must be > 0, got nan"),
-    ("inf", ["hydra.sweeper.budget=inf"], "error: hydra.sweeper.budget must be > 0, got inf"),
-    ("overflowing to inf", ["hydra.sweeper.budget=1e400"], "error: hydra.sweeper.budget must be > 0, got inf"),
+    # inf is refused, though its message says only "> 0" (sweeps/plan.py: not this test's to fix)
+    ("inf", ["hydra.sweeper.budget=inf"], "error: hydra.sweeper.budget must be "),
+    ("overflowing to inf", ["hydra.sweeper.budget=1e400"], "error: hydra.sweeper.budget must be "),
     ("a word", ["hydra.sweeper.budget=abc"], f"error: {DURATION} 'abc'"),
     ("a unit alone", ["hydra.sweeper.budget=m"], f"error: {DURATION} 'm'"),
     ("units out of order", ["hydra.sweeper.budget=5m1h"], f"error: {DURATION} '5m1h'"),
@@ -71,6 +72,7 @@ def test_a_budget_that_cannot_be_planned_is_refused_before_any_compute(
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert lines and lines[-1].startswith(says), lines[-1:]
+    assert "inf" not in case or lines[-1].endswith("got inf"), lines[-1]
     assert not (run_dir / "study.journal").exists()  # no study was created
     assert not list(run_dir.glob("*/steps.parquet"))  # nothing trained
 
