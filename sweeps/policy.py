@@ -427,8 +427,17 @@ class BudgetPolicy:
         return self._trials(phase, (TrialState.COMPLETE,))
 
     def _ranked(self, phase: str) -> list[FrozenTrial]:
+        """The phase's complete trials, best first. A search in which none completed (a busy
+        machine: its trials were stopped out of time, or pruned) still yields its best
+        stopped trials, by their last evaluation: a budgeted sweep always trains a model on."""
         sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-        return sorted(self._complete(phase), key=lambda t: sign * float(t.value or 0.0))
+        done = sorted(self._complete(phase), key=lambda t: sign * float(t.value or 0.0))
+        if done or phase != SEARCH:
+            return done
+        stopped = [t for t in self._trials(SEARCH, (TrialState.PRUNED,))
+                   if t.intermediate_values and t.user_attrs.get("job_dir")]  # fmt: skip
+        last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in stopped}
+        return sorted(stopped, key=lambda t: sign * float(last[t.number]))
 
     def _best_search(self) -> FrozenTrial | None:
         done = self._ranked(SEARCH)

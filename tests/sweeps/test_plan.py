@@ -3,6 +3,8 @@ clock (jobs take the seconds their FLOPs cost at a known rate)."""
 
 from __future__ import annotations
 
+import time as wall
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
@@ -112,8 +114,8 @@ class FakePool:
     """The WorkerPool interface; a job "runs" for the seconds its FLOPs cost at RATE, and the
     clock jumps to the next job's end on wait()."""
 
-    def __init__(self, study: optuna.Study, size: int, time: FakeTime) -> None:
-        self.study, self.size, self.time = study, size, time
+    def __init__(self, study: optuna.Study, size: int, time: FakeTime, slow: float = 1) -> None:
+        self.study, self.size, self.time, self.slow = study, size, time, slow
         self.running: dict[int, tuple[float, TrialJob]] = {}
         self.log: list[tuple[str, float, float, int]] = []  # (phase, start, end, flops)
 
@@ -149,7 +151,7 @@ class FakePool:
             start_flops = parent.user_attrs["flops"]
             parent_seconds = parent.user_attrs["wall_seconds"]
         threads = job.threads or 1
-        rate = RATE * (SPEEDUP if threads > 1 else 1.0)
+        rate = RATE * (SPEEDUP if threads > 1 else 1.0) / self.slow
         start = self.time.now
         if _override(job, "trainer.max_flops") == "null":  # a time budget (the final run)
             seconds = float(_override(job, "trainer.max_seconds")) - parent_seconds
@@ -158,8 +160,10 @@ class FakePool:
             target = int(float(_override(job, "trainer.max_flops")))
         end = start + START_SECONDS + (target - start_flops) / rate
         flops, state = target, "COMPLETE"
-        if job.deadline is not None and end > job.deadline:  # the reporter stops it in time
-            end, state = job.deadline, "PRUNED"
+        # Deadlines are wall-clock instants (Clock.wall_at): on the fake clock's axis here.
+        deadline = None if job.deadline is None else job.deadline - wall.time() + start
+        if deadline is not None and end > deadline:  # the reporter stops it in time
+            end, state = deadline, "PRUNED"
             flops = start_flops + int((end - start - START_SECONDS) * rate)
         lr = trial.params["optim.lr"]
         value = (lr - 0.01) ** 2 * 1e3 + 1.0 / (1.0 + flops / 1e10)
@@ -187,7 +191,8 @@ def _override(job: TrialJob, key: str) -> str:
     return next(o.partition("=")[2] for o in job.overrides if o.startswith(key + "="))
 
 
-def simulate(budget: float, workers: int, n_trials: int = 100):
+def simulate(budget: float, workers: int, n_trials: int = 100, slow: float = 1):
+    """A budgeted sweep planned at RATE, on workers ``slow`` times slower than that."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     time = FakeTime()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -196,7 +201,7 @@ def simulate(budget: float, workers: int, n_trials: int = 100):
     maker = TrialMaker(study, space, compose=lambda overrides: config)
     plan = make_plan(budget, PlanConfig(), workers, RATE, SPEEDUP, started=0.0)
     policy = BudgetPolicy(maker, Timeline(plan, Clock(now=time)), n_trials, workers)
-    pool = FakePool(study, workers, time)
+    pool = FakePool(study, workers, time, slow)
     while True:
         while pool.free_slots():
             job = policy.next_job(pool.busy())
@@ -230,6 +235,20 @@ def test_simulated_sweep_keeps_every_phase_inside_the_budget(budget, workers):
     assert end - start >= budget / 3  # the winner trains for at least a third of the sweep
     final = [t for t in study.trials if phase_of(t) == FINAL][0]
     assert final.state == optuna.trial.TrialState.COMPLETE and "test_loss" in final.user_attrs
+
+
+def test_a_search_in_which_no_trial_completed_still_trains_a_final_model():
+    # A machine 6x slower than calibrated: every search trial is stopped out of time.
+    study, plan, pool = simulate(540, 2, slow=6)
+    search = [t for t in study.trials if phase_of(t) == SEARCH]
+    assert search and all(t.state == optuna.trial.TrialState.PRUNED for t in search)
+    final = [t for t in study.trials if phase_of(t) == FINAL]
+    assert len(final) == 1 and final[0].state == optuna.trial.TrialState.COMPLETE
+    stopped = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in search}
+    lineage = final[0].user_attrs["parent"]
+    while phase_of(study.trials[lineage]) != SEARCH:
+        lineage = study.trials[lineage].user_attrs["parent"]
+    assert lineage in sorted(stopped, key=stopped.get)[:2]  # one of the best stopped
 
 
 def test_the_winner_is_the_candidate_best_on_the_whole_validation_split():
