@@ -15,6 +15,7 @@ and enqueues a retry with the same parameters, which another agent pops.
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 import threading
 import time
@@ -113,6 +114,10 @@ class Agent:
 
     def __call__(self, cfg: DictConfig) -> int:
         self.number = int(HydraConfig.get().job.num)  # (runner.setup replaces Hydra's state)
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C at the sweep's terminal reaches agents in its process group too
+            # (submitit_local): the sweep asks them to stop after their trial (STOP_ATTR).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.runner.ship = self.ship == "always" or not self._sees_home()
         log.info("agent: jobs %s", "shipped through the storage" if self.runner.ship else
                  f"written to {self.runner.home}")  # fmt: skip

@@ -57,7 +57,7 @@ def parse_duration(value: Any, key: str = "hydra.sweeper.budget") -> float:
         h, m, s = (float(g) if g else 0.0 for g in match.groups())
         seconds = 3600 * h + 60 * m + s
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number of seconds > 0, got {value!r}")
     return seconds
 
 

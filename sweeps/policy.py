@@ -161,12 +161,13 @@ class CountPolicy:
         transfer: Transfer | None = None,
     ) -> None:
         self.maker, self.n_trials, self.timeout, self.clock = maker, n_trials, timeout, clock
-        self.grid_size, self._grid_done_said = grid_size, False
+        self.grid_size, self._grid_done_said, self._timeout_said = grid_size, False, False
         self.transfer = transfer
         self.ledger = Ledger(maker.study)  # what the scheduler reads too
 
     def next_job(self, busy: int) -> Next:
         if self.timeout is not None and self.clock.elapsed() > self.timeout:
+            self._say_timeout()
             return None
         self.ledger.refresh()
         if self.ledger.waiting():  # retries come first
@@ -178,6 +179,17 @@ class CountPolicy:
         if self.transfer.enqueue(self.maker.study, self.maker.compose):
             return self.maker.make(self.job_spec)
         return None
+
+    def _say_timeout(self) -> None:
+        if self._timeout_said:
+            return
+        self._timeout_said = True
+        self.ledger.refresh()
+        log.warning(
+            "hydra.sweeper.timeout=%gs reached: no more trials start (%d of %d counted); "
+            "re-run the same command to go on", self.timeout, self.ledger.counted(),
+            self.n_trials,
+        )  # fmt: skip
 
     @staticmethod
     def job_spec(attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -225,7 +225,7 @@ class OptunaSweeper(Sweeper):
         check_keys(space, self.compose)
         check_values(space, self.compose, self.check)
         if self.cfg.budget is not None:
-            check_planned_keys(space)
+            check_planned_keys(space, self.compose(list(space.fixed)))
         launcher = launcher_target(self.config)
         if launcher is not None:
             self._check_agents(launcher)
@@ -730,14 +730,23 @@ def planned_pruner(pruner: DictConfig, plan: Plan) -> dict[str, Any]:
     return node
 
 
+_ABSENT = object()
 PLANNED_KEYS = (
     "trainer.max_tokens", "trainer.max_flops", "trainer.max_seconds", "trainer.eval_every_tokens",
     "trainer.eval_every_flops", "trainer.anneal", "trainer.resume",
 )  # fmt: skip
 
 
-def check_planned_keys(space: SearchSpace) -> None:
-    """With a budget the plan sets each trial's budget: a value given for it would be lost."""
+def check_planned_keys(space: SearchSpace, cfg: DictConfig) -> None:
+    """With a budget the plan sets each trial's budget through the trainer's keys: the app
+    must have them (this project's trainer does), and a value given for one would be lost."""
+    missing = [k for k in PLANNED_KEYS if OmegaConf.select(cfg, k, default=_ABSENT) is _ABSENT]
+    if missing:
+        raise ConfigError(
+            f"hydra.sweeper.budget: the app's config has no {missing[0]}: a budgeted sweep sets "
+            f"each trial's compute through {', '.join(PLANNED_KEYS)} (the trainer of "
+            "tbptt.train); drop hydra.sweeper.budget and give hydra.sweeper.n_trials"
+        )
     keys = [p.key for p in space.params] + [o.partition("=")[0].lstrip("+~") for o in space.fixed]
     for key in keys:
         if key in PLANNED_KEYS:

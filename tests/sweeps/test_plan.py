@@ -40,7 +40,9 @@ def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["soon", "9 minutes", "", 0, -5, "0s", True, "1d"])
+@pytest.mark.parametrize(
+    "value", ["soon", "9 minutes", "", 0, -5, "0s", True, "1d", float("inf"), "inf", 1e400]
+)
 def test_bad_durations_name_the_key(value):
     with pytest.raises(ConfigError, match="hydra.sweeper.budget"):
         parse_duration(value)

@@ -118,6 +118,7 @@ def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path):
         ("hydra.sweeper.storage=ftp://x/y", "hydra.sweeper.storage: unknown scheme 'ftp'"),
         ("x=interval(1,-1)", "x"),
         ("y=interval(0,1)", "hydra.sweeper.params.y: no such key in the config"),
+        ("hydra.sweeper.budget=30s", "hydra.sweeper.budget: the app's config has no trainer."),
     ],
 )
 def test_bad_sweeper_settings_fail_before_any_trial(tmp_path, arg, message):
@@ -126,7 +127,15 @@ def test_bad_sweeper_settings_fail_before_any_trial(tmp_path, arg, message):
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
-    assert not list(tmp_path.glob("*/result.json"))
+    assert not list(tmp_path.glob("*/result.json")) and not (tmp_path / "study.journal").exists()
+
+
+def test_a_sweep_stopped_by_its_timeout_says_so_and_how_to_go_on(tmp_path):
+    proc = sweep(tmp_path, "x=interval(-1,1)", "sleep=1.5", "hydra.sweeper.n_trials=10",
+                 "hydra.sweeper.n_jobs=1", "hydra.sweeper.timeout=2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "hydra.sweeper.timeout=2s reached: no more trials start (" in proc.stderr
+    assert "of 10 counted); re-run the same command to go on" in proc.stderr
 
 
 @pytest.mark.slow
