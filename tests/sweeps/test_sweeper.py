@@ -134,8 +134,9 @@ def test_a_sweep_stopped_by_its_timeout_says_so_and_how_to_go_on(tmp_path):
     proc = sweep(tmp_path, "x=interval(-1,1)", "sleep=1.5", "hydra.sweeper.n_trials=10",
                  "hydra.sweeper.n_jobs=1", "hydra.sweeper.timeout=2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "hydra.sweeper.timeout=2s reached: no more trials start (" in proc.stderr
-    assert "of 10 counted); re-run the same command to go on" in proc.stderr
+    said = proc.stdout + proc.stderr  # (Hydra's log handler writes to stdout)
+    assert "hydra.sweeper.timeout=2s reached: no more trials start (" in said
+    assert "of 10 counted); re-run the same command to go on" in said
 
 
 @pytest.mark.slow
