@@ -64,7 +64,7 @@ dashboard: install ## Open optuna-dashboard on the study of SWEEP (http://127.0.
 	$(BIN)/optuna-dashboard $(SWEEP_DIR)/study.journal --storage-class JournalFileStorage \
 		--host 127.0.0.1 --port 8080
 
-bench: install ## Run the benchmark suite (~20 min): benchmarks/results/results.{csv,md}
+bench: install ## Run the benchmark suite (~100 min: the payoff and pruning sweeps are most of it): benchmarks/results/results.{csv,md}
 	$(PY) -m benchmarks.run --out benchmarks/results
 
 bench-smoke: install ## The benchmark suite at tiny sizes (< 1 min; the test suite runs it too)

@@ -1,11 +1,11 @@
 """``python -m benchmarks.run [--smoke] [--only NAME] [--out DIR]``: run the suite (or one
 benchmark of it, e.g. ``--only orchestration``), write and print results.
 
-Full mode takes about 20 minutes on 2 cores and needs the Shakespeare corpus (``make data``);
-``--smoke`` runs every benchmark at tiny sizes, once, in under a minute (its figures mean
-nothing; it proves the suite runs), the benchmarks that work in child processes concurrently
-with each other and with the in-process ones. In full mode everything runs one after the
-other, so that no benchmark slows another down.
+Full mode takes about 100 minutes on 2 cores (most of it the payoff and pruning sweeps) and
+needs the Shakespeare corpus (``make data``); ``--smoke`` runs every benchmark at tiny sizes,
+once, in under a minute (its figures mean nothing; it proves the suite runs), the benchmarks
+that work in child processes concurrently with each other and with the in-process ones. In
+full mode everything runs one after the other, so that no benchmark slows another down.
 """
 
 from __future__ import annotations
