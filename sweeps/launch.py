@@ -43,11 +43,18 @@ from sweeps.agent import (
 from sweeps.internals import job_error
 from sweeps.ledger import Ledger, phase_of
 from sweeps.outputs import SweepOutputs
-from sweeps.plan import CANDIDATE, FINAL, START_SECONDS
+from sweeps.plan import CANDIDATE, FINAL, LATE, START_SECONDS
 from sweeps.policy import JOB_ATTRS, AgentBudget, Transfer, counted
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
-from sweeps.storage import INTERRUPTED, fail_trial, retry, scheme_of, stale_trials
+from sweeps.storage import (
+    INTERRUPTED,
+    fail_trial,
+    pop_waiting,
+    retry,
+    scheme_of,
+    stale_trials,
+)
 from sweeps.worker import FATAL_ATTR, TrialOutcome
 from tbptt.contract import End
 from tbptt.errors import ConfigError, first_line
@@ -482,7 +489,7 @@ class BudgetWatch:
                 policy.observe(sweep._ledger.trials[outcome.number])
             if sweep._too_many_failures() or sweep.fatal is not None:
                 sweep.stop()
-            if sweep._stopping() or not self._step(policy):
+            if sweep._stopping() or self._overtime(policy) or not self._step(policy):
                 break
             time.sleep(0.5)
         policy.tick()
@@ -512,6 +519,25 @@ class BudgetWatch:
 
     def _final_agent(self) -> None:
         self.sweep._replace_ended(1, wanted=1)
+
+    def _overtime(self, policy: AgentBudget) -> bool:
+        """Past the budget by more than a late job's margin (an engine that never placed the
+        final run's agent, a job that does not end): what waits or runs is failed (a re-run
+        retries it), and the sweep ends with the best it has."""
+        plan, clock = policy.timeline.plan, policy.timeline.clock
+        margin = LATE * plan.budget + self.sweep.settings.grace_period
+        if clock.elapsed() <= plan.budget + margin:
+            return False
+        log.warning("the budget (%.0f s) is spent and the final run is %s: ending the sweep "
+                    "with the best trial so far", plan.budget,
+                    policy.final_state() or "not started")  # fmt: skip
+        reason = "the budget was spent before it ended"
+        while (waiting := pop_waiting(self.study)) is not None:
+            policy.maker.fail(waiting, "not run: " + reason.replace("ended", "started"))
+        for running in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_trial(self.study, running, reason, its_fault=False)
+        self.sweep.stop()
+        return True
 
     def _final_start(self) -> float:
         """Seconds until the final run's agent can start it: none once it is up, else what

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from sweeps.internals import storage_of, trial_id
 from sweeps.ledger import PHASE, RETRY_OF, Ledger, counts_towards_total, phase_of
 from sweeps.plan import (
     CANDIDATE,
+    END_SECONDS,
     FINAL,
     SEARCH,
+    START_SECONDS,
     TRANSFER,
     Clock,
     Observed,
@@ -320,7 +323,34 @@ class BudgetSpec:
         if phase == CANDIDATE:
             deadline = self.wall_at(plan.candidate_deadline())
             job.update(deadline=deadline, target_flops=attrs["target_flops"])
+        if phase == FINAL and "train_end" in attrs:
+            return self._on_time(stored_extra(attrs), attrs), job
         return stored_extra(attrs), job
+
+    def _on_time(self, extra: list[str], attrs: dict[str, Any]) -> list[str]:
+        """A final run that starts later than planned (its agent waited for a node, or was
+        replaced) still ends when planned (``train_end`` on the budget clock): it trains for
+        the seconds left, annealing over the same share of them."""
+        end, planned, start = (_stored_seconds(attrs, k)
+                               for k in ("train_end", "train_seconds", "start_wall"))  # fmt: skip
+        left = self.wall_at(end) - time.time() - START_SECONDS
+        if left > planned - 1.0:
+            return extra
+        left = max(0.0, left)
+        seconds = start + left
+        anneal = self.plan.anneal * left / seconds if seconds > 0 else 0.0
+        log.info("the final run starts %.0f s late: it trains %.0f s", planned - left, left)
+        budget = {"trainer.max_seconds": f"{seconds:.6g}", "trainer.anneal": f"{anneal:.6g}"}
+        kept = [o for o in extra if o.partition("=")[0] not in budget]
+        return [*kept, *(f"{key}={value}" for key, value in budget.items())]
+
+
+def _stored_seconds(attrs: dict[str, Any], key: str) -> float:
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"the final run's stored {key} is {value!r}, not a number of seconds; "
+                          "the study's storage was changed by hand: refused")  # fmt: skip
+    return float(value)
 
 
 class BudgetPolicy:
@@ -427,13 +457,14 @@ class BudgetPolicy:
         attrs = {PARENT: parent.number, "init_from": parent.user_attrs["job_dir"], **attrs}
         self.study.enqueue_trial(parent.params, user_attrs=attrs, skip_if_exists=False)
 
-    def _drop_waiting_search(self) -> None:
-        """Trials still waiting when the search ends are not run: fail them, saying why. Each
-        is claimed first (an agent may pop one meanwhile: that one runs, to its deadline)."""
-        for _ in self._trials(SEARCH, (TrialState.WAITING,)):
+    def _drop_waiting(self, phase: str = SEARCH) -> None:
+        """Trials of ``phase`` still waiting when it ends are not run: fail them, saying why.
+        Each is claimed first (an agent may pop one meanwhile: that one runs, to its
+        deadline)."""
+        for _ in self._trials(phase, (TrialState.WAITING,)):
             trial = pop_waiting(self.study)
             if trial is not None:
-                self.maker.fail(trial, "not run: the search phase ended")
+                self.maker.fail(trial, f"not run: the {phase} phase ended")
 
     def _complete(self, phase: str) -> list[FrozenTrial]:
         return self._trials(phase, (TrialState.COMPLETE,))
@@ -457,7 +488,7 @@ class BudgetPolicy:
 
     def _enqueue_candidates(self) -> bool:
         """The k best search trials, each trained on to the same r1 FLOPs, side by side."""
-        self._drop_waiting_search()
+        self._drop_waiting(SEARCH)
         best = self._ranked(SEARCH)[: self.plan.candidates]
         if len(best) < 2:
             return False  # nothing to choose between: the best goes straight to the final
@@ -505,8 +536,12 @@ class BudgetPolicy:
             "trainer.eval_every_tokens=null", f"trainer.eval_every_flops={max(1, guess // 12)}",
             "trainer.resume=true",
         ]  # fmt: skip
+        # When its training must end on the budget clock, should its job start late.
+        train_end = self.plan.budget - scoring - END_SECONDS
         self._enqueue(winner, {PHASE: FINAL, EXTRA: extra, "threads": self.workers,
-                               "score": ["val", "test"], "score_file": "best.pt"})  # fmt: skip
+                               "score": ["val", "test"], "score_file": "best.pt",
+                               "train_end": train_end, "train_seconds": available,
+                               "start_wall": seconds - available})  # fmt: skip
         log.info("final: trial %d trained on for %.0f s (about %.3g FLOPs)", winner.number,
                  available, guess)  # fmt: skip
 
@@ -549,12 +584,16 @@ class AgentBudget(BudgetPolicy):
                 for _ in range(idle - waiting):
                     self.study.enqueue_trial({}, skip_if_exists=False)
                 return
-            self._drop_waiting_search()
+            self._drop_waiting(SEARCH)
             if self._trials(SEARCH, (TrialState.RUNNING,)):
                 return  # the candidates are chosen once every search trial has ended
             self.phase = CANDIDATE if self._enqueue_candidates() else FINAL
             self.final_due = self.phase == FINAL
         elif self.phase == CANDIDATE:
+            if self.timeline.remaining(self.plan.candidate_deadline()) <= 0:
+                # No agent took them in time (one lost, its replacement queued behind the
+                # final run's agent for the node's CPUs): the final run goes without them.
+                self._drop_waiting(CANDIDATE)
             if not self._trials(CANDIDATE, (TrialState.WAITING, TrialState.RUNNING)):
                 self.phase, self.final_due = FINAL, True
 

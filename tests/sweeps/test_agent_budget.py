@@ -121,8 +121,14 @@ def sweep_with_kills(sweep_dir: Path, args: list[str], kill, budget: float) -> o
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     killed = kill_in_each_phase(proc, lambda: load(sweep_dir), kill, limit=budget)
-    _, err = proc.communicate(timeout=400)
+    try:
+        out, err = proc.communicate(timeout=budget + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the sweep ran past its budget by 120 s:\n{out[-3000:]}\n{err[-3000:]}")
     wall = time.monotonic() - started
+    err = f"{out[-3000:]}\n{err}"  # Hydra logs the sweeper's warnings to stdout
     assert proc.returncode == 0, err[-4000:]
     assert killed == ["search", "candidate", "final"], err[-4000:]
     study = load(sweep_dir)
