@@ -43,13 +43,14 @@ class Settings:
 
 FULL = Settings()
 # The smoke runs its three arms at once on 2 cores: a sweep's start-up (imports, config
-# checks, workers) then takes 20-40 s, hence a search share that leaves it time to search.
+# checks, workers) then takes 15-40 s, and the search's share begins after it: 100 s with 40 s
+# to search and 10 s for candidates leaves the final run its 10 s after up to 40 s of start-up.
 SMOKE = Settings(
-    budget="80s", plain_hidden=(8, 16), corpus=None, eval_every_s=5.0,
+    budget="100s", plain_hidden=(8, 16), corpus=None, eval_every_s=5.0,
     sweep_args=("data=count", "data.batch_size=4", "data.eval_batch_size=2",
                 "model.hidden_size=16", "model.layers=1", "model.embed_size=8",
                 "trainer.eval_max_tokens=256", "trainer.divergence_factor=null",
-                "hydra.sweeper.plan.search=0.65", "hydra.sweeper.n_jobs=1"),
+                "hydra.sweeper.plan.search=0.4", "hydra.sweeper.n_jobs=1"),
 )  # fmt: skip
 
 
