@@ -41,7 +41,7 @@ from sweeps.agent import (
     STOP_ATTR,
 )
 from sweeps.internals import job_error
-from sweeps.ledger import Ledger, phase_of
+from sweeps.ledger import RETRY_OF, Ledger, counts_towards_total, phase_of
 from sweeps.outputs import SweepOutputs
 from sweeps.plan import CANDIDATE, FINAL, LATE, START_SECONDS
 from sweeps.policy import JOB_ATTRS, AgentBudget, Transfer, counted
@@ -49,6 +49,7 @@ from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
 from sweeps.storage import (
     INTERRUPTED,
+    claim,
     fail_trial,
     pop_waiting,
     retry,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 NETWORK_STORAGES = ("postgresql", "mysql", "redis")
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+ENQUEUED_BY = "enqueued_by"  # user attr: the token of the sweep process that enqueued a trial
 
 
 def launcher_target(config: DictConfig) -> str | None:
@@ -290,7 +292,23 @@ class AgentSweep:
         else:
             points = untried(self.settings.grid, trials)[:missing]
         for point in points:
-            self.study.enqueue_trial(point, skip_if_exists=False)
+            self.study.enqueue_trial(point, user_attrs={ENQUEUED_BY: self.token},
+                                     skip_if_exists=False)  # fmt: skip
+
+    def _drop_excess(self, trials: list[FrozenTrial]) -> None:
+        """Another sweep process on the study may enqueue its trials at the same moment as
+        this one: the trials past the total, in number order, that this process enqueued and
+        no agent has taken yet are claimed and failed (not counted: ``INTERRUPTED``). Each
+        process drops only its own, from one order they all see, so together they keep the
+        total once (a look that saw the other's trials half-enqueued is made good by the
+        next)."""
+        retried = {int(r) for t in trials if (r := t.user_attrs.get(RETRY_OF)) is not None}
+        counting = [t for t in trials if counts_towards_total(t, retried)]
+        for trial in counting[self.settings.n_trials :]:
+            mine = trial.user_attrs.get(ENQUEUED_BY) == self.token
+            if mine and trial.state == TrialState.WAITING and claim(self.study, trial):
+                fail_trial(self.study, trial, "not run: another sweep process on the study "
+                           "enqueued the total too", its_fault=False)  # fmt: skip
 
     def _watch(self, progress: Progress) -> None:
         for _ in range(self.settings.n_jobs):
@@ -298,6 +316,7 @@ class AgentSweep:
         while True:
             self._recover()
             self._ledger.refresh()  # one look: every decision below
+            self._drop_excess(self._ledger.trials)
             for outcome in self._collect(self._ledger.trials):
                 progress.finished(self._ledger, outcome)
             if self._too_many_failures() or self.fatal is not None:
@@ -489,7 +508,7 @@ class BudgetWatch:
                 policy.observe(sweep._ledger.trials[outcome.number])
             if sweep._too_many_failures() or sweep.fatal is not None:
                 sweep.stop()
-            if sweep._stopping() or self._overtime(policy) or not self._step(policy):
+            if sweep._stopping() or not self._step(policy) or self._overtime(policy):
                 break
             time.sleep(0.5)
         policy.tick()

@@ -204,6 +204,15 @@ def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     return None if claimed is None else optuna.Trial(study, claimed)
 
 
+def claim(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Take the WAITING ``trial`` (now RUNNING, this process's), as popping does, atomically in
+    every storage; False when an agent or another process took or ended it first."""
+    try:
+        return storage_of(study).set_trial_state_values(trial_id(trial), TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
 def last_beat(trial: FrozenTrial) -> float:
     started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
     return float(trial.system_attrs.get(HEARTBEAT, started))

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 from sweeps.policy import counted
@@ -191,3 +192,29 @@ def test_the_last_process_waits_out_a_dead_ones_trial_and_retries_it(tmp_path):
     assert trials[orphan.number].state.name == "FAIL"
     assert trials[orphan.number].user_attrs["fail_reason"].startswith("its sweep process")
     assert [t.state.name for t in trials].count("COMPLETE") == 2  # the new one and the retry
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_with_agents_share_one_study(tmp_path):
+    """Two sweep processes, each with two submitit_local agents, on one study: the agents pop
+    whichever process enqueued a trial; the total is reached once, no trial runs twice, each
+    process ends when nothing waits or runs, and every finished trial's files are at home."""
+    study_name = f"agents-{uuid.uuid4().hex[:8]}"
+    agents = ("hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+              "hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=4")  # fmt: skip
+    procs = [start(tmp_path / f"m{i}", study_name, *agents) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    trials = trials_of(study_name)
+    check_whole(trials, 12, 2)
+    # Enqueued by both at the same moment, the surplus is dropped unrun (not counted).
+    dropped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert all(t.user_attrs["fail_reason"].startswith("not run: another sweep") for t in dropped)
+    ran = [t for t in trials if t not in dropped]
+    assert {t.state.name for t in ran} <= {"COMPLETE", "PRUNED"}
+    for trial in ran:
+        assert (Path(trial.user_attrs["job_dir"]) / "result.json").exists()
+    for i in range(2):  # each process's table holds every trial of the study
+        table = pd.read_parquet(tmp_path / f"m{i}" / "trials.parquet")
+        assert sorted(table["number"]) == [t.number for t in trials]
