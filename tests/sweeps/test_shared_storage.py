@@ -218,3 +218,40 @@ def test_two_sweep_processes_with_agents_share_one_study(tmp_path):
     for i in range(2):  # each process's table holds every trial of the study
         table = pd.read_parquet(tmp_path / f"m{i}" / "trials.parquet")
         assert sorted(table["number"]) == [t.number for t in trials]
+
+
+
+def terminate_backends() -> int:
+    """What a DBA's ``pg_terminate_backend`` does to a sweep: every connection to the test
+    database dropped server-side; how many were."""
+    import psycopg
+
+    assert URL is not None
+    server, database = URL.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (database,),
+        ).fetchone()  # fmt: skip
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_connections_terminated_server_side_mid_sweep_are_reopened(tmp_path, launcher):
+    """Every connection of the sweep process, its workers or agents is terminated three times
+    while trials run: the sweep reaches its total, nothing lost in RUNNING or run twice."""
+    study_name = f"terminated-{uuid.uuid4().hex[:8]}"
+    proc = start(tmp_path, study_name, f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2",
+                 "hydra.sweeper.n_trials=24", "sleep=1.0", "hydra.sweeper.heartbeat_interval=0.5",
+                 "hydra.sweeper.grace_period=4")  # fmt: skip
+    terminated = 0
+    for _ in range(3):
+        time.sleep(3.0)
+        terminated += terminate_backends()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert terminated >= 3  # the sweep held connections each time
+    trials = trials_of(study_name)
+    check_whole(trials, 24, 1)
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
