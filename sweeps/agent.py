@@ -44,6 +44,9 @@ CALIBRATION_ATTR, ZERO_ATTR, RETIRE_ATTR = "sweeps:calibration:", "sweeps:zero",
 READY_ATTR = "sweeps:ready:"  # + "<run token>:<agent number>": the agent is up
 AGENT_ATTR = "sweeps:agent"  # trial system attr: "<run token>:<agent number>" that runs it
 POLL_SECONDS = 0.5  # a budgeted sweep's agent with nothing to run looks again after this
+# time.time() of the sweep process's last look at a budgeted sweep: an idle agent that sees no
+# look for its patience leaves (its sweep was killed: nobody will retire it).
+WATCHED_ATTR = "sweeps:watched"
 AGENTS_DIR = ".agents"  # in the sweep directory: the agents' own job directories, and
 HOME_FILE = f"{AGENTS_DIR}/home"  # a token that agents which see the directory read
 SHIP_MODES = ("auto", "always")
@@ -180,11 +183,14 @@ class Budgeted:
         cpus: the CPUs the launcher gives this agent.
         generation: 0 for the search agents, 1 for the final run's agent.
         calibration: the run that measures its speed (the sweep's fixed config).
+        patience: seconds without a look from the sweep process after which an agent with
+            nothing to run leaves (``hydra.sweeper.grace_period``).
     """
 
     cpus: int
     generation: int
     calibration: CalibrationJob
+    patience: float = 30.0
 
     def run(self, agent: Agent, study: optuna.Study, maker: TrialMaker) -> int:
         if PLAN_ATTR not in study.user_attrs and self.generation == 0:
@@ -195,6 +201,10 @@ class Budgeted:
         ran, sized = 0, False
         while not self._retired(study):
             attrs = study.user_attrs
+            if self._orphaned(attrs):
+                log.warning("no look from the sweep process for %.0f s (killed?): leaving; "
+                            "its command, run again, resumes the sweep", self.patience)
+                break
             if not self._may_run(attrs):
                 time.sleep(POLL_SECONDS)
                 continue
@@ -220,6 +230,10 @@ class Budgeted:
         is due) only once the search agents are retired: it runs nothing else."""
         planned = PLAN_ATTR in attrs and ZERO_ATTR in attrs
         return planned and int(attrs.get(RETIRE_ATTR, 0)) >= self.generation
+
+    def _orphaned(self, attrs: dict[str, Any]) -> bool:
+        watched = attrs.get(WATCHED_ATTR)
+        return isinstance(watched, float) and time.time() - watched > self.patience
 
     def _retired(self, study: optuna.Study) -> bool:
         attrs = study.user_attrs

@@ -39,6 +39,7 @@ from sweeps.agent import (
     READY_ATTR,
     RETIRE_ATTR,
     STOP_ATTR,
+    WATCHED_ATTR,
 )
 from sweeps.internals import job_error
 from sweeps.ledger import RETRY_OF, Ledger, counts_towards_total, phase_of
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 NETWORK_STORAGES = ("postgresql", "mysql", "redis")
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+WATCH_SECONDS = 5.0  # how often a budgeted sweep's watcher tells its agents it is there
 ENQUEUED_BY = "enqueued_by"  # user attr: the token of the sweep process that enqueued a trial
 
 
@@ -493,12 +495,15 @@ class BudgetWatch:
         self.sweep, self.planning = sweep, planning
         self.study = sweep.study
         self.final_failures = 0
+        self._watched = 0.0
 
     def run(self, progress: Progress) -> None:
         sweep = self.sweep
+        self._look()
         policy = self._policy()
         self.study.set_user_attr(RETIRE_ATTR, 1 if policy.phase == FINAL else 0)
         while True:
+            self._look()
             for trial in sweep._recover():
                 if phase_of(trial) == FINAL:
                     self._final_lost(policy)
@@ -514,6 +519,13 @@ class BudgetWatch:
         policy.tick()
         self.study.set_user_attr(RETIRE_ATTR, 2)
         sweep._join()
+
+    def _look(self) -> None:
+        """Tell the agents this process watches (every ``WATCH_SECONDS``): idle agents of a
+        killed sweep leave once they see no look for their patience."""
+        if time.time() - self._watched >= WATCH_SECONDS:
+            self._watched = time.time()
+            self.study.set_user_attr(WATCHED_ATTR, self._watched)
 
     def _step(self, policy: AgentBudget) -> bool:
         """One look's decisions; False once the sweep has nothing left to run."""
@@ -592,6 +604,7 @@ class BudgetWatch:
             waited = first is not None and time.monotonic() - first > patience
             if len(found) >= self.sweep.settings.n_jobs or waited:
                 return found
+            self._look()
             self.sweep._replace_ended(0)
             time.sleep(0.5)
 

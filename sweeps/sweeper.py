@@ -446,10 +446,13 @@ class OptunaSweeper(Sweeper):
         calibration = CalibrationJob(tuple(space.fixed), threads=1,
                                      seconds=calibration_seconds(settings.budget))  # fmt: skip
         cpus = agent_cpus(engine, launcher)
-        search = replace(agent, budget=Budgeted(cpus=cpus, generation=0, calibration=calibration))
+        patience = max(2 * settings.grace_period, 60.0)  # idle agents of a killed sweep leave
+        search = replace(agent, budget=Budgeted(cpus=cpus, generation=0, calibration=calibration,
+                                                patience=patience))  # fmt: skip
         node = whole_node(self.config, engine)
         cpus = agent_cpus(engine, node.hydra.launcher)
-        final = replace(agent, budget=Budgeted(cpus=cpus, generation=1, calibration=calibration))
+        final = replace(agent, budget=Budgeted(cpus=cpus, generation=1, calibration=calibration,
+                                               patience=patience))  # fmt: skip
         clock = Clock(float(study.user_attrs.get(USED_ATTR, 0.0)) + process_age())
         planning = AgentPlanning(
             policy=lambda records: self._agent_budget(study, space, settings, clock, records),

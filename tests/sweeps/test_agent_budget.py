@@ -190,3 +190,36 @@ def test_ray_agents_lost_in_each_phase_are_replaced_within_the_budget(tmp_path):
             lost.append(pid)
 
         sweep_with_kills(tmp_path, args, take_away, budget)
+
+
+def kill_sweep_in(proc: subprocess.Popen[str], sweep_dir: Path, phase: str) -> None:
+    """SIGKILL the sweep process itself a second into a trial of ``phase`` (its agents live
+    on: they are retired by the re-run's plan, like its own)."""
+    while proc.poll() is None:
+        try:
+            pid = pid_running(load(sweep_dir), phase)
+        except (KeyError, FileNotFoundError):  # no journal or study yet
+            pid = None
+        if pid is not None:
+            time.sleep(1.0)
+            proc.kill()
+            break
+        time.sleep(0.2)
+    proc.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["search", "candidate", "final"])
+def test_a_budgeted_agent_sweep_killed_in_each_phase_resumes_with_the_time_left(tmp_path, phase):
+    budget = 90.0
+    args = command(tmp_path, budget, "hydra/launcher=submitit_local", *PHASED)
+    started = time.monotonic()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    kill_sweep_in(proc, tmp_path, phase)
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - started
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    study = load(tmp_path)
+    assert {t.user_attrs.get("phase", "search") for t in study.trials} >= {"search", "final"}
+    check_outcome(tmp_path, study, wall, budget)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from sweeps.agent import WATCHED_ATTR, Budgeted
 from sweeps.config import PlanConfig
 from sweeps.launch import BudgetWatch
 from sweeps.plan import Clock, Timeline, make_plan
@@ -104,3 +105,21 @@ def test_candidates_no_agent_took_by_their_deadline_are_dropped_and_the_final_is
     (dropped,) = study.get_trials()
     assert dropped.state == TrialState.FAIL
     assert dropped.user_attrs["fail_reason"] == "not run: the candidate phase ended"
+
+
+def test_the_watcher_tells_agents_it_looks_and_idle_agents_of_a_killed_sweep_leave():
+    time = FakeTime()
+    budget_watch, _, study, _ = watch(time)
+    budget_watch._look()
+    first = study.user_attrs[WATCHED_ATTR]
+    assert abs(first - wall.time()) < 5
+    budget_watch._look()  # at most every WATCH_SECONDS: no journal write per look
+    assert study.user_attrs[WATCHED_ATTR] == first
+    agent = Budgeted(cpus=1, generation=1, calibration=None, patience=60.0)  # type: ignore[arg-type]
+    assert not agent._orphaned({}) and not agent._orphaned({WATCHED_ATTR: wall.time() - 30})
+    # The sweep process was killed 61 s ago: the final run's agent, waiting for its turn,
+    # leaves instead of polling until its engine's time limit.
+    study.set_user_attr(WATCHED_ATTR, wall.time() - 61)
+    home = SimpleNamespace(home_token="t", number=0)
+    assert agent.run(home, study, maker=None) == 0  # type: ignore[arg-type]
+    assert agent._orphaned(study.user_attrs)
