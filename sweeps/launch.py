@@ -537,6 +537,8 @@ class BudgetWatch:
             if policy.phase != FINAL:
                 self.sweep._replace_ended(0)
                 return True
+        else:
+            policy.tick()  # (step does in the other phases): a re-run resumes from here
         if policy.final_due:
             self._final_agent()
             self.study.set_user_attr(RETIRE_ATTR, 1)  # the search agents leave the node

@@ -192,7 +192,7 @@ def test_ray_agents_lost_in_each_phase_are_replaced_within_the_budget(tmp_path):
         sweep_with_kills(tmp_path, args, take_away, budget)
 
 
-def kill_sweep_in(proc: subprocess.Popen[str], sweep_dir: Path, phase: str) -> None:
+def kill_sweep_in(proc: subprocess.Popen[bytes], sweep_dir: Path, phase: str) -> None:
     """SIGKILL the sweep process itself a second into a trial of ``phase`` (its agents live
     on: they are retired by the re-run's plan, like its own)."""
     while proc.poll() is None:
@@ -205,7 +205,7 @@ def kill_sweep_in(proc: subprocess.Popen[str], sweep_dir: Path, phase: str) -> N
             proc.kill()
             break
         time.sleep(0.2)
-    proc.communicate()
+    proc.wait()
 
 
 @pytest.mark.slow
@@ -214,8 +214,8 @@ def test_a_budgeted_agent_sweep_killed_in_each_phase_resumes_with_the_time_left(
     budget = 90.0
     args = command(tmp_path, budget, "hydra/launcher=submitit_local", *PHASED)
     started = time.monotonic()
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    # Not piped: its agents inherit its output and would hold a pipe open after it is killed.
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_sweep_in(proc, tmp_path, phase)
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     wall = time.monotonic() - started

@@ -240,7 +240,8 @@ def terminate_backends() -> int:
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_connections_terminated_server_side_mid_sweep_are_reopened(tmp_path, launcher):
     """Every connection of the sweep process, its workers or agents is terminated three times
-    while trials run: the sweep reaches its total, nothing lost in RUNNING or run twice."""
+    while trials run: the sweep reaches its total, nothing lost in RUNNING or run twice (a
+    trial cut mid-call at most fails and is retried)."""
     study_name = f"terminated-{uuid.uuid4().hex[:8]}"
     proc = start(tmp_path, study_name, f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2",
                  "hydra.sweeper.n_trials=24", "sleep=1.0", "hydra.sweeper.heartbeat_interval=0.5",
@@ -254,4 +255,8 @@ def test_connections_terminated_server_side_mid_sweep_are_reopened(tmp_path, lau
     assert terminated >= 3  # the sweep held connections each time
     trials = trials_of(study_name)
     check_whole(trials, 24, 1)
-    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    # A trial whose own connection was cut mid-call may fail: it is retried, not lost.
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    retried = {t.user_attrs.get("retried_trial") for t in trials}
+    assert all(t.number in retried for t in failed), [t.user_attrs["fail_reason"] for t in failed]
+    assert len(failed) <= 3, [t.user_attrs["fail_reason"] for t in failed]
