@@ -183,8 +183,8 @@ class Budgeted:
         cpus: the CPUs the launcher gives this agent.
         generation: 0 for the search agents, 1 for the final run's agent.
         calibration: the run that measures its speed (the sweep's fixed config).
-        patience: seconds without a look from the sweep process after which an agent with
-            nothing to run leaves (``hydra.sweeper.grace_period``).
+        patience: seconds without a look from the sweep process after which an agent leaves
+            between jobs (the sweeper gives ``max(2 x grace_period, 60 s)``).
     """
 
     cpus: int

@@ -42,9 +42,9 @@ from sweeps.agent import (
     WATCHED_ATTR,
 )
 from sweeps.internals import job_error
-from sweeps.ledger import RETRY_OF, Ledger, counts_towards_total, phase_of
+from sweeps.ledger import Ledger, counting, phase_of
 from sweeps.outputs import SweepOutputs
-from sweeps.plan import CANDIDATE, FINAL, LATE, START_SECONDS
+from sweeps.plan import CANDIDATE, FINAL, START_SECONDS
 from sweeps.policy import JOB_ATTRS, AgentBudget, Transfer, counted
 from sweeps.progress import Progress
 from sweeps.shipment import DamagedShipment, unpack
@@ -52,7 +52,6 @@ from sweeps.storage import (
     INTERRUPTED,
     claim,
     fail_trial,
-    pop_waiting,
     retry,
     scheme_of,
     stale_trials,
@@ -304,9 +303,9 @@ class AgentSweep:
         process drops only its own, from one order they all see, so together they keep the
         total once (a look that saw the other's trials half-enqueued is made good by the
         next)."""
-        retried = {int(r) for t in trials if (r := t.user_attrs.get(RETRY_OF)) is not None}
-        counting = [t for t in trials if counts_towards_total(t, retried)]
-        for trial in counting[self.settings.n_trials :]:
+        if self._ledger.counted() <= self.settings.n_trials:
+            return  # (the ledger's running count: no pass over the trials each look)
+        for trial in counting(trials)[self.settings.n_trials :]:
             mine = trial.user_attrs.get(ENQUEUED_BY) == self.token
             if mine and trial.state == TrialState.WAITING and claim(self.study, trial):
                 fail_trial(self.study, trial, "not run: another sweep process on the study "
@@ -554,21 +553,14 @@ class BudgetWatch:
         self.sweep._replace_ended(1, wanted=1)
 
     def _overtime(self, policy: AgentBudget) -> bool:
-        """Past the budget by more than a late job's margin (an engine that never placed the
-        final run's agent, a job that does not end): what waits or runs is failed (a re-run
-        retries it), and the sweep ends with the best it has."""
-        plan, clock = policy.timeline.plan, policy.timeline.clock
-        margin = LATE * plan.budget + self.sweep.settings.grace_period
-        if clock.elapsed() <= plan.budget + margin:
+        """Past the budget and its margin: give up what waits or runs, and end the sweep with
+        the best it has."""
+        if not policy.overtime(self.sweep.settings.grace_period):
             return False
         log.warning("the budget (%.0f s) is spent and the final run is %s: ending the sweep "
-                    "with the best trial so far", plan.budget,
+                    "with the best trial so far", policy.plan.budget,
                     policy.final_state() or "not started")  # fmt: skip
-        reason = "the budget was spent before it ended"
-        while (waiting := pop_waiting(self.study)) is not None:
-            policy.maker.fail(waiting, "not run: " + reason.replace("ended", "started"))
-        for running in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            fail_trial(self.study, running, reason, its_fault=False)
+        policy.give_up()
         self.sweep.stop()
         return True
 

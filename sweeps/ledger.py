@@ -36,6 +36,12 @@ def counts_towards_total(trial: FrozenTrial, retried: set[int]) -> bool:
     return trial.number not in retried and not trial.user_attrs.get(INTERRUPTED)
 
 
+def counting(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count towards ``n_trials``, in number order."""
+    retried = {int(r) for t in trials if (r := t.user_attrs.get(RETRY_OF)) is not None}
+    return [t for t in trials if counts_towards_total(t, retried)]
+
+
 def is_final_model(trial: FrozenTrial) -> bool:
     """A budgeted sweep's final run that ended scored (tbptt.evaluate's test loss)."""
     ended = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)

@@ -22,11 +22,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.internals import storage_of, trial_id
-from sweeps.ledger import PHASE, RETRY_OF, Ledger, counts_towards_total, phase_of
+from sweeps.ledger import PHASE, Ledger, counting, phase_of
 from sweeps.plan import (
     CANDIDATE,
     END_SECONDS,
     FINAL,
+    LATE,
     SEARCH,
     START_SECONDS,
     TRANSFER,
@@ -36,7 +37,7 @@ from sweeps.plan import (
     Timeline,
 )
 from sweeps.space import SearchSpace, sample, to_overrides
-from sweeps.storage import pop_waiting
+from sweeps.storage import fail_trial, pop_waiting
 from sweeps.worker import SCORE_ATTRS, THREADS_ATTR, TrialJob, TrialOutcome
 from tbptt.errors import ConfigError
 
@@ -54,8 +55,7 @@ Spec = Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]  # attrs -> 
 def counted(trials: list[FrozenTrial]) -> int:
     """Search trials that count towards ``n_trials`` (``sweeps.ledger.counts_towards_total``);
     the sweep process keeps the same count up to date in its ``Ledger``."""
-    retried = {int(r) for t in trials if (r := t.user_attrs.get(RETRY_OF)) is not None}
-    return sum(counts_towards_total(t, retried) for t in trials)
+    return len(counting(trials))
 
 
 def done(trials: list[FrozenTrial]) -> int:
@@ -457,14 +457,15 @@ class BudgetPolicy:
         attrs = {PARENT: parent.number, "init_from": parent.user_attrs["job_dir"], **attrs}
         self.study.enqueue_trial(parent.params, user_attrs=attrs, skip_if_exists=False)
 
-    def _drop_waiting(self, phase: str = SEARCH) -> None:
-        """Trials of ``phase`` still waiting when it ends are not run: fail them, saying why.
-        Each is claimed first (an agent may pop one meanwhile: that one runs, to its
-        deadline)."""
-        for _ in self._trials(phase, (TrialState.WAITING,)):
+    def _drop_waiting(self, phase: str | None = SEARCH, reason: str = "") -> None:
+        """Trials of ``phase`` (None: any) still waiting when it ends are not run: fail them,
+        saying why. Each is claimed first (an agent may pop one meanwhile: that one runs, to
+        its deadline)."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for _ in [t for t in waiting if phase is None or phase_of(t) == phase]:
             trial = pop_waiting(self.study)
             if trial is not None:
-                self.maker.fail(trial, f"not run: the {phase} phase ended")
+                self.maker.fail(trial, reason or f"not run: the {phase} phase ended")
 
     def _complete(self, phase: str) -> list[FrozenTrial]:
         return self._trials(phase, (TrialState.COMPLETE,))
@@ -609,6 +610,19 @@ class AgentBudget(BudgetPolicy):
         self.final_start = start_seconds
         if self.final_state() is None:
             self._enqueue_final(self._winner())
+
+    def overtime(self, grace_period: float) -> bool:
+        """Past the budget by more than a late job's margin (``LATE`` and the agents' grace
+        period): an engine never placed the final run's agent, or a job does not end."""
+        margin = LATE * self.plan.budget + grace_period
+        return self.timeline.clock.elapsed() > self.plan.budget + margin
+
+    def give_up(self) -> None:
+        """The budget is spent: what waits is not run, what runs is failed (a re-run of the
+        sweep retries it)."""
+        self._drop_waiting(None, "not run: the budget was spent before it started")
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_trial(self.study, trial, "the budget was spent before it ended", its_fault=False)
 
     def final_state(self) -> str | None:
         """The final run's: waiting, running, ended (complete or pruned), or None."""
